@@ -140,7 +140,8 @@ class Forwarding:
 
     async def _pass_error(self, response: httpx.Response) -> None:
         """An upstream error status: release the hold, answer the upstream's error unchanged (but
-        a refusal of the operator's key: see `key_refused`)."""
+        a refusal of the operator's key: see `key_refused`; and under the caller's own request id,
+        `x-should-retry: false`: see Exchange.no_retry)."""
         body = await self._body(response)
         if body is None:
             return
@@ -149,7 +150,7 @@ class Forwarding:
         if response.status_code in KEY_REFUSALS:
             await self.x._refuse(key_refused(self.x, response.status_code, body))
             return
-        await self.x.respond(response.status_code, [*self._upstream_headers(response),
+        await self.x.respond(response.status_code, [*self.x.no_retry(self._upstream_headers(response)),
                                                     (b"x-tokentill-charged", b"0")], body)
 
     async def _body(self, response: httpx.Response) -> bytes | None:

@@ -224,6 +224,10 @@ class Exchange:
         self.kind = KINDS.get((provider, self.path)) or free_kind(provider, self.path)  # else "unknown"
         self.headers = _headers(scope)
         self.request_id = ""
+        self.callers_id = False  # the request id is the caller's own (x-tokentill-request-id), not one made here
+        # the caller's own request id names this call's reservation now (held, settled or released:
+        # kept forever), so the same call sent again meets only 409 idempotency_conflict
+        self.id_spent = False
         self.dimensions: dict[str, Any] = {}
         self.caller_dimensions: tuple[str, ...] = ()  # what a customer's key named in x-tokentill-dimensions
         self.betas: tuple[str, ...] = ()  # the provider's betas the call carries (allowed: allowed_betas)
@@ -282,7 +286,7 @@ class Exchange:
         if rid is not None and not (0 < len(rid) <= 200 and rid.isprintable()):
             raise Refusal(422, "validation_error",
                           "x-tokentill-request-id must be 1 to 200 printable characters, in UTF-8")
-        self.request_id = rid or f"gw_{uuid.uuid4().hex}"
+        self.request_id, self.callers_id = rid or f"gw_{uuid.uuid4().hex}", rid is not None
         parse = functools.partial(parse_call, self.kind, body, default_max_output=s.default_max_output_tokens,
                                   counter=self.gw.counter, server_tool_max_uses=s.server_tool_max_uses,
                                   server_tool_result_tokens=s.server_tool_result_tokens,
@@ -392,6 +396,7 @@ class Exchange:
         self.timings["reserve"] = time.perf_counter() - started
         if result.replayed:
             raise Refusal(409, "idempotency_conflict", f"request id {self.request_id} was used already")
+        self.id_spent = self.callers_id
         return result
 
     async def _long_prompt(self, call: Call, prompt: int) -> bool:
@@ -465,11 +470,13 @@ class Exchange:
         retry a 409, a 429 and a 5xx by themselves unless told `x-should-retry: false`: told so when
         the same call would meet the same refusal however long it waited (a request id used, a
         budget no wait frees, the upstream refusing the gateway's own key), and when it may have been
-        charged (a retry would be charged again)."""
+        charged (a retry would be charged again), and once the caller's own request id names its
+        reservation (`id_spent`: a retry would meet only 409 idempotency_conflict, see `no_retry`)."""
         headers = [(b"content-type", b"application/json")]
         if charged is not None:
             headers.append((b"x-tokentill-charged", (money(charged, currency) if charged else "0").encode()))
-        final = refusal.final or refusal.status == 409 or (refusal.status == 429 and not refusal.retry_after)
+        final = refusal.final or refusal.status == 409 or (refusal.status == 429 and not refusal.retry_after) \
+            or self.id_spent
         if final or charged != 0:
             headers.append((b"x-should-retry", b"false"))
         if refusal.retry_after:
@@ -478,6 +485,17 @@ class Exchange:
             headers.append((b"allow", refusal.allow.encode()))
         await self.respond(refusal.status, headers, error_body(self.provider, refusal.status, refusal.code,
                                                                 refusal.message, refusal.details, refusal.param))
+
+    def no_retry(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """An upstream's error answer's headers, told `x-should-retry: false` (whatever the upstream
+        said: Anthropic says true of its 529) once the caller's own request id names the call's
+        reservation: the official clients' retry of it, released and charged 0, met only 409
+        idempotency_conflict, and the caller was told that, not the upstream's error. The id is
+        kept forever (DESIGN.md, Idempotency), so it is not taken again: a call sent again goes
+        under a new id. A request id made here is new on each try: the retry is left to the client."""
+        if not self.id_spent:
+            return headers
+        return [*(h for h in headers if h[0] != b"x-should-retry"), (b"x-should-retry", b"false")]
 
     def our_headers(self, **extra: str) -> list[tuple[bytes, bytes]]:
         timing = ", ".join(f"{name};dur={seconds * 1000:.3f}" for name, seconds in self.timings.items())

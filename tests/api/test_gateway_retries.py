@@ -4,15 +4,18 @@ long it waits says so; one that waiting may lift (a rolling budget's Retry-After
 upstream unavailable) does not."""
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import anthropic
 import openai
 import pytest
 
-from tests.api.test_gateway import HI, admin, customer, fake, live  # noqa: F401 (fake, live: fixtures)
+from tests.api.test_gateway import HI, admin, charged, customer, fake, live, serving, wallet  # noqa: F401 (fixtures)
+from tests.api.test_gateway_edges import body, model, upstream  # noqa: F401 (upstream: a fixture)
 
 
 def counted(sdk: Any = openai) -> tuple[list[str], Any]:
@@ -79,3 +82,82 @@ def test_a_rolling_budgets_refusal_may_be_retried_after_its_wait(live):  # noqa:
     with pytest.raises(openai.RateLimitError) as raised:
         client.chat.completions.create(model="gpt-test", messages=HI)
     assert "retry-after" in raised.value.response.headers and "x-should-retry" not in raised.value.response.headers
+
+
+def _failing(sdk: Any, url: str, key: str, http: Any, rid: str | None) -> Any:
+    """A call the fake upstream answers 500 before any token (its `-fail` model), through `sdk`'s
+    official client with its default retries, under `rid` (None: the gateway makes one)."""
+    headers = {"x-tokentill-request-id": rid} if rid else {}
+    if sdk is openai:
+        return openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key, http_client=http).chat.completions.create(
+            model="gpt-test-fail", messages=HI, extra_headers=headers)
+    return anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key, http_client=http).messages.create(
+        model="claude-test-fail", max_tokens=100, messages=HI, extra_headers=headers)
+
+
+@pytest.mark.parametrize("sdk", [openai, anthropic], ids=["openai", "anthropic"])
+def test_an_upstream_5xx_under_the_callers_request_id_is_not_retried_into_a_409(live, sdk):  # noqa: F811
+    """The upstream answered 500 before any token: the hold was released, charged 0. Under the
+    caller's own x-tokentill-request-id, the official client sent the call again by itself (the
+    answer said nothing of x-should-retry), and its retry met 409 idempotency_conflict (the id
+    names that released reservation, kept forever): the caller got a ConflictError for a call it
+    had never made twice, not the upstream's error. Now the answer says x-should-retry: false: one
+    request, the upstream's 500 as it came, charged 0, the wallet's $10.00 untouched."""
+    url, _ = live
+    cid, key = customer(live)
+    rid = f"gw-5xx-{uuid.uuid4().hex[:8]}"
+    sent, http = counted(sdk)
+    with pytest.raises(sdk.InternalServerError) as raised:
+        _failing(sdk, url, key, http, rid)
+    response = raised.value.response
+    assert len(sent) == 1
+    assert response.status_code == 500 and response.headers.get_list("x-should-retry") == ["false"]
+    assert response.headers["x-tokentill-request-id"] == rid and response.headers["x-tokentill-charged"] == "0"
+    assert charged(url, rid) == 0
+    assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+def test_an_upstream_5xx_under_a_request_id_of_the_gateways_is_retried_each_try_a_call_of_its_own(live):  # noqa: F811
+    """A guard (so it was before): with no x-tokentill-request-id each try is a call of its own
+    (its own gw_ id, its own hold, each released), so the client's retries are left to it: three
+    requests (the first and two retries), each the upstream's 500, nothing charged."""
+    url, _ = live
+    cid, key = customer(live)
+    sent, http = counted()
+    with pytest.raises(openai.InternalServerError) as raised:
+        _failing(openai, url, key, http, None)
+    assert len(sent) == 3 and "x-should-retry" not in raised.value.response.headers
+    assert charged(url, raised.value.response.headers["x-tokentill-request-id"]) == 0
+    assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+@pytest.fixture(scope="module")
+def scripted(database_url, upstream) -> Iterator[tuple[str, str]]:  # noqa: F811
+    yield from serving(database_url, upstream)  # type: ignore[arg-type]
+
+
+def test_an_upstreams_own_should_retry_true_is_told_false_under_the_callers_request_id(scripted, upstream):  # noqa: F811
+    """Anthropic answers its 529 overloaded_error with x-should-retry: true. Passed on unchanged
+    under the caller's own request id, the anthropic client sent the call again by itself, into
+    409 idempotency_conflict (the hold was released: charged 0). Now that header is replaced:
+    x-should-retry: false, once; one request, the upstream's 529 as it came."""
+    url, _ = scripted
+    cid, key = customer(scripted)
+    error = json.dumps({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}).encode()
+
+    async def overloaded(send: Any, receive: Any) -> None:
+        await send({"type": "http.response.start", "status": 529, "headers": [
+            (b"content-type", b"application/json"), (b"x-should-retry", b"true")]})
+        await body(send, error, more=False)
+
+    name = model(upstream, overloaded)
+    rid = f"gw-529-{uuid.uuid4().hex[:8]}"
+    sent, http = counted(anthropic)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key, http_client=http).messages.create(
+            model=name, max_tokens=100, messages=HI, extra_headers={"x-tokentill-request-id": rid})
+    response = raised.value.response
+    assert len(sent) == 1 and sum(call["model"] == name for call in upstream.fake.calls) == 1
+    assert response.status_code == 529 and response.headers.get_list("x-should-retry") == ["false"]
+    assert raised.value.body == json.loads(error) and response.headers["x-tokentill-charged"] == "0"
+    assert wallet(url, cid) == (Decimal("10"), 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from tests.api.test_gateway import CHAT_CHARGE, HI, charged, customer, fake, oai, serving, wallet  # noqa: F401
 from tests.api.test_gateway_edges import WHOLE, body, model, start, upstream  # noqa: F401 (upstream: a fixture)
+from tests.api.test_gateway_retries import counted
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +32,25 @@ def test_an_upstream_silent_past_the_read_timeout_is_a_504_and_the_hold_is_relea
     assert raised.value.response.headers["x-tokentill-charged"] == "0"
     assert wallet(url, cid) == (Decimal("10"), 0)
 
+
+
+def test_a_504_under_the_callers_request_id_is_not_retried_into_a_409(live):
+    """The upstream silent past the 1 s read timeout: 504 upstream_timeout, the hold released,
+    charged 0. Under the caller's own x-tokentill-request-id the openai client (its default 2
+    retries) sent it again by itself, and that retry met 409 idempotency_conflict (the id names the
+    released reservation): a ConflictError, two requests. Now it says x-should-retry: false: one
+    request, the 504 itself."""
+    url, _ = live
+    cid, key = customer(live)
+    rid = f"gw-504-{uuid.uuid4().hex[:8]}"
+    sent, http = counted()
+    with pytest.raises(openai.APIStatusError) as raised:
+        openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key, timeout=30, http_client=http).chat.completions.create(
+            model="gpt-test-slow", messages=HI, extra_headers={"x-tokentill-request-id": rid})
+    assert raised.value.status_code == 504 and raised.value.body["code"] == "upstream_timeout"
+    assert len(sent) == 1 and raised.value.response.headers["x-should-retry"] == "false"
+    assert charged(url, rid) == 0
+    assert wallet(url, cid) == (Decimal("10"), 0)
 
 def test_a_free_call_to_an_upstream_silent_past_the_read_timeout_is_a_504(live):
     url, _ = live
