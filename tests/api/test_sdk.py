@@ -1,12 +1,16 @@
 """The client SDK against a live server: release on error, metered streams, retries charge once."""
 from __future__ import annotations
 
+import json
 import threading
 import uuid
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
+import anthropic
 import httpx
+import httpx2
 import pytest
 from anthropic.types import CacheCreation
 from anthropic.types import Usage as AnthropicUsage
@@ -131,6 +135,72 @@ def test_the_provider_sdks_own_usage_objects_are_taken_as_they_come(live, custom
         # model-a: 1,000 input x $10/M + 400 output x $20/M + $0.01 a request = $0.028, each
         assert Decimal(r.settlement["charged"]) == Decimal(settled["charged"]) == Decimal("0.028")
         assert available(tt, customer) == Decimal("10") - 2 * Decimal("0.028")
+
+
+def _sse(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+# An Anthropic stream whose cache writes grew after message_start (a server tool's sampling wrote
+# more): message_start splits its 50 writes by TTL, message_delta gives 80 in all and no split
+GROWN_WRITES_STREAM = b"".join([
+    _sse("message_start", {"type": "message_start", "message": {
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "model-a", "content": [],
+        "stop_reason": None, "stop_sequence": None,
+        "usage": {"input_tokens": 1500, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 50,
+                  "cache_creation": {"ephemeral_5m_input_tokens": 50, "ephemeral_1h_input_tokens": 0},
+                  "output_tokens": 1}}}),
+    _sse("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {"type": "text",
+                                                                                              "text": ""}}),
+    _sse("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "text_delta", "text": "hi"}}),
+    _sse("content_block_stop", {"type": "content_block_stop", "index": 0}),
+    _sse("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+                           "usage": {"input_tokens": 1500, "cache_read_input_tokens": 100,
+                                     "cache_creation_input_tokens": 80, "output_tokens": 40}}),
+    _sse("message_stop", {"type": "message_stop"})])
+
+
+def test_the_anthropic_packages_accumulated_stream_usage_with_cache_writes_grown_is_charged_them(live):
+    """The anthropic package's MessageStream takes message_delta's cumulative
+    cache_creation_input_tokens (80) over message_start's (50) but keeps message_start's split
+    (50 five-minute, 0 one-hour): its final message's usage says 80 writes split 50 + 0. Was
+    refused by the SDK's record() (ValueError: the server would refuse it) and by the server's
+    settle (422: ephemeral_5m + ephemeral_1h must equal cache_creation_input_tokens), so the call
+    went unbilled. Now the 30 added are taken at 5 minutes (the call's TTL is not known here).
+    By hand, at this book: 1,500 in at $10/M = 0.015, 100 read at $1/M = 0.0001, 80 written at
+    $12.50/M = 0.001 (30 of them at the one-hour $20/M would be 0.001225), 40 out at $20/M =
+    0.0008, $0.01 a call: 0.0269, each; the $10.00 top-up less two is 9.9462."""
+    url, _ = live
+    book = {"id": f"sdk-cache-{uuid.uuid4().hex[:8]}", "format": 2, "currency": "USD",
+            "effective_from": "2026-01-01T00:00:00Z",
+            "rules": [{"id": "call", "token_type": "request", "price": "0.01"},
+                      {"id": "in", "token_type": "input", "price": "10.00"},
+                      {"id": "read", "token_type": "cached_input", "price": "1.00"},
+                      {"id": "write", "token_type": "cache_write", "price": "12.50"},
+                      {"id": "write-1h", "token_type": "cache_write_1h", "price": "20.00"},
+                      {"id": "out", "token_type": "output", "price": "20.00"}]}
+    cid = f"c-{uuid.uuid4().hex[:10]}"
+    # the anthropic package's own stream over that answer (its HTTP package is httpx2, httpx's successor)
+    claude = anthropic.Anthropic(api_key="sk-test", base_url="http://anthropic.test", http_client=httpx2.Client(
+        transport=httpx2.MockTransport(lambda request: httpx2.Response(
+            200, headers={"content-type": "text/event-stream"}, content=GROWN_WRITES_STREAM))))
+    with claude.messages.stream(model="model-a", max_tokens=500, messages=[{"role": "user", "content": "hi"}]) as s:
+        usage = s.get_final_message().usage
+    assert (usage.cache_creation_input_tokens, usage.cache_creation.ephemeral_5m_input_tokens) == (80, 50)
+    with Client(url, ADMIN) as tt:
+        tt.post("/v1/price-books", book)
+        tt.post("/v1/customers", {"id": cid, "name": "SDK", "currency": "USD", "price_book": book["id"]})
+        tt.post(f"/v1/customers/{cid}/topups", {"amount": "10.00"})
+        with tt.reserve(cid, "model-a", input_tokens=2000, max_output_tokens=500) as r:
+            r.record(anthropic_usage=usage)
+        held = tt.post("/v1/reservations", tt.reserve_body(cid, "model-a", input_tokens=2000, max_output_tokens=500))
+        settled = tt.settle(held["id"], anthropic_usage=usage)
+        for charge in (r.settlement, settled):
+            assert Decimal(charge["charged"]) == Decimal("0.0269")
+            lines = {line["token_type"]: line["quantity"] for line in charge["lines"]}
+            assert lines == {"input": 1500, "cached_input": 100, "cache_write": 80, "output": 40, "request": 1}
+        assert available(tt, cid) == Decimal("10") - 2 * Decimal("0.0269") == Decimal("9.9462")
 
 
 def test_a_dropped_connection_during_settle_is_retried_and_charges_once(live, customer):

@@ -79,6 +79,21 @@ def test_anthropic_cache_creation_breakdown_alone_gives_the_cache_writes():
     assert normalized.extra == (("cache_write_1h", 4),)
 
 
+@pytest.mark.parametrize(("five", "hour", "expected_5m"), [(50, 0, 80), (0, 50, 30), (20, 30, 50)])
+def test_anthropic_cache_writes_grown_past_their_split_are_taken_at_5_minutes(five, hour, expected_5m):
+    """The anthropic package's accumulated stream usage: message_delta's cumulative
+    cache_creation_input_tokens (80) over message_start's split (five + hour = 50), which no event
+    updates. Was refused (ephemeral_5m + ephemeral_1h must equal cache_creation_input_tokens); the
+    30 added are 5-minute writes (the call's TTL is not known here): 50 + 30, 0 + 30, 20 + 30 at
+    cache_write, the one-hour ones as given."""
+    usage = {"input_tokens": 1500, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 80,
+             "cache_creation": {"ephemeral_5m_input_tokens": five, "ephemeral_1h_input_tokens": hour},
+             "output_tokens": 40}
+    normalized = normalize_anthropic(usage)
+    assert canonical(normalized) == (1500, 100, expected_5m, 40, 0)
+    assert normalized.extra == ((("cache_write_1h", hour),) if hour else ())
+
+
 def test_unknown_provider_fields_are_tolerated():
     usage = load_fixture("anthropic_message_cache_write.json")["usage"]
     usage["inference_geo"] = "us"
@@ -158,7 +173,8 @@ def test_inconsistent_openai_usage_is_refused_naming_the_field(base, path, value
         (("input_tokens",), -5, "input_tokens"),
         (("output_tokens",), KeyError, "output_tokens"),
         (("cache_read_input_tokens",), 1.5, "cache_read_input_tokens"),
-        (("cache_creation", "ephemeral_1h_input_tokens"), 1000, "cache_creation"),
+        # a split past its 1,024 writes (fewer, 1,000, are the added 5-minute writes of a stream's usage)
+        (("cache_creation", "ephemeral_1h_input_tokens"), 1025, "cache_creation"),
         (("cache_creation", "ephemeral_5m_input_tokens"), False, "cache_creation.ephemeral_5m_input_tokens"),
         (("server_tool_use", "web_search_requests"), -1, "server_tool_use.web_search_requests"),
     ],
