@@ -11,6 +11,8 @@ from sqlalchemy import text
 from ledger.db import Database
 from tests.api.wallets.test_budgets_api import _budget, _funded, _reserve
 from wallets.chart import ASSET_SCALE
+from wallets.core import budgets as rules
+from wallets.periods import new_zone
 
 BAD_CREATES = [
     ({"limit": "99999999999999999999999.00"}, "limit"), ({"limit": "1e3"}, "limit"), ({"limit": "0.00"}, "limit"),
@@ -280,3 +282,32 @@ async def test_a_replayed_rolling_minute_refusal_keeps_the_retry_after_header_it
     wait = first.json()["retry_after_seconds"]
     assert 1 <= wait <= 60
     assert (first.headers.get("retry-after"), again.headers.get("retry-after")) == (str(wait), str(wait))
+
+
+@pytest.mark.parametrize("window", ["minute", "lifetime"])
+async def test_a_budget_kept_under_its_key_before_time_zones_were_refused_on_its_window_replays_as_kept(
+        client: AsyncTestClient, tag: str, book: str, monkeypatch, window: str):
+    """Before e391396 a minute or lifetime budget took a time_zone (201, kept under its Idempotency-Key);
+    sent again under that key with the same body, it was 422 where a replay answers what was kept."""
+    cid = await _funded(client, tag, book)
+    body = {"customer_id": cid, "window": window, "metric": "tokens", "limit": 1000, "time_zone": "Asia/Tokyo"}
+    key = {"Idempotency-Key": f"tz-{window}-{tag}"}
+    validate = rules.validate
+
+    def before_e391396(window, metric, mode, limit, thresholds, time_zone, model=None):  # no time_zone rule
+        validate(window, metric, mode, limit, thresholds, None, model)
+        new_zone(time_zone)
+
+    with monkeypatch.context() as old:
+        old.setattr(rules, "validate", before_e391396)
+        first = await client.post("/v1/budgets", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    again = await client.post("/v1/budgets", json=body, headers=key)
+    assert (again.status_code, again.headers.get("idempotent-replayed")) == (201, "true"), again.text
+    assert again.json() == first.json()
+    # guards: the body under another key, and another refused body under this key, are refused as before
+    for headers, sent in (({"Idempotency-Key": f"tz2-{window}-{tag}"}, body), (key, {**body, "limit": 999})):
+        refused = await client.post("/v1/budgets", json=sent, headers=headers)
+        assert (refused.status_code, refused.json()["fields"][0]["field"]) == (422, "time_zone"), refused.text
+    listed = (await client.get(f"/v1/budgets?customer_id={cid}")).json()["budgets"]
+    assert [b["id"] for b in listed] == [first.json()["id"]]  # nothing more written
