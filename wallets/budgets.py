@@ -14,6 +14,7 @@ from ledger.db import Database
 from wallets import store
 from wallets.budget_seeding import alert, count_before
 from wallets.core import budgets as rules
+from wallets.core.budget_seeds import ahead_alerts
 from wallets.core.budgets import BudgetView
 from wallets.core.idempotency import CREATED, OK, IdemKey, Replayed
 from wallets.core.state import State
@@ -104,8 +105,9 @@ class BudgetService:
                 await conn.exec_driver_sql("UPDATE budgets SET mode = %s WHERE lane = %s AND id = %s",
                                            (spec.mode, lane, budget_id))
             b, _ = await self._live(conn, spec.customer_id, budget_id, now)
-            await alert(conn, spec.customer_id,
-                         rules.on_change(State(spec.customer_id, None), replace(b, thresholds=()), b, currency, now))
+            state = State(spec.customer_id, None)
+            await alert(conn, spec.customer_id, rules.on_change(state, replace(b, thresholds=()), b, currency, now)
+                        + ahead_alerts(state, b, currency, now))
             return rules.budget_view(b, currency, now)
 
         return await run_once(self.db, idem, work, await self._locks(spec.customer_id), lambda _: CREATED)

@@ -25,7 +25,9 @@ from datetime import datetime
 from typing import Any
 
 from wallets.core.budget_rerates import key_of
-from wallets.core.budgets import actual_quantity, counts_now, hold_quantity, matches, window_start
+from wallets.core.budgets import actual_quantity, counted, counts_now, crossed, hold_quantity, matches, window_start
+from wallets.core.decision import OutboxEvent
+from wallets.core.state import State
 from wallets.model import Budget
 
 
@@ -101,6 +103,20 @@ def seeds(b: Budget, calls: Iterable[PastCall], now: datetime) -> tuple[datetime
         elif used + sum(d for _, d in moved):
             before = Seed(before.key, 0, before.used + used + sum(d for _, d in moved))
     return start, [*rows, *([before] if before.used else [])]
+
+
+def ahead_alerts(state: State, b: Budget, currency: str, now: datetime) -> list[OutboxEvent]:
+    """The alerts of the windows after the current one (at `now`) that what the new budget `b` found
+    there (`seeds`: calls timed ahead of the clock) puts at or past its thresholds, each window's own,
+    as such a call alerts in a budget made before it (on_usage). The current window's are a change's
+    (on_change). Before, a day budget of 1,000 tokens at 50 % made at 23:58:30, after a 700-token
+    event timed 00:02 the next day, never alerted that day at 70 %."""
+    current = window_start(b, now)
+    alerts: list[OutboxEvent] = []
+    for start in sorted(s for s in b.windows if s > current and not counts_now(b, s, now)):
+        used, held = counted(b, start) if b.window == "minute" else b.windows[start]
+        alerts += crossed(state, b, currency, 0, used + held, held, start, before_key(b.id), now)
+    return alerts
 
 
 def _counts(metric: str, call: PastCall) -> tuple[int, int]:

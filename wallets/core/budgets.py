@@ -190,13 +190,13 @@ def _alert_key(b: Budget, start: datetime, reservation_id: str | None, now: date
 def crossed(state: State, b: Budget, currency: str, before: int, after: int, held: int, start: datetime,
             reservation_id: str, now: datetime) -> list[OutboxEvent]:
     """Alerts for each threshold (percent of the limit) that `before` -> `after` crosses. A rolling
-    minute's figures are the minute's at `now`, and so is the window named beside them (a settle or a
-    late event named the second its hold or event counted in)."""
-    shown = window_start(b, now) if b.window == "minute" else start
-    events: list[OutboxEvent] = []
+    minute's figures are the minute's at `now` (a late event named the second its event counted in), or,
+    a second a minute or more ahead of the clock (an event timed ahead), at that second, and its minute."""
+    at = start if b.window == "minute" and start - window_start(b, now) >= ROLLING else now
+    shown, events = window_start(b, at) if b.window == "minute" else start, []
     for pct in b.thresholds:
         if before * 100 < pct * b.limit <= after * 100:
-            key = f"{THRESHOLD_TOPIC}:{b.id}:{_alert_key(b, start, reservation_id, now)}:{pct}"
+            key = f"{THRESHOLD_TOPIC}:{b.id}:{_alert_key(b, start, reservation_id, at)}:{pct}"
             events.append(state.event(THRESHOLD_TOPIC, b.customer_id, key, now, {
                 **_describe(b, currency, after - held, held, shown), "threshold": pct}))
     return events
@@ -309,12 +309,12 @@ def on_settle(state: State, w: Wallet, r: Reservation, cost: int, tokens: Mappin
 def _counted_in(b: Budget, start: datetime, now: datetime) -> tuple[int, int] | None:
     """(used, held) of the budget's window starting at `start`, where an amount counted there
     crosses its thresholds: the window current at `now`, or a calendar window that has rolled
-    over since (a hold settled after midnight, usage reported late), if the load read it (it
-    reads 33 days back, every window there: one it has no row of counted nothing yet; an older
-    window is not known). None: a rolling minute's second that has lapsed, or a window older
-    than that."""
-    if counts_now(b, start, now):
-        return counted(b, now)
+    over since (a hold settled after midnight, usage reported late) or is ahead (an event timed ahead
+    of the clock), if the load read it (33 days back and ahead, every window there: one it has no row
+    of counted nothing yet), or a minute's second ahead (the minute at it). None: a lapsed second, or
+    a window older than that."""
+    if counts_now(b, start, now) or (b.window == "minute" and start > now):
+        return counted(b, now if counts_now(b, start, now) else start)
     if b.window in ("day", "month") and now - start < LOADED:
         used, held = b.windows.get(start, (0, 0))
         return used, held

@@ -1,0 +1,53 @@
+"""Calls timed ahead of the clock count, move and alert in their own budget window: a usage event
+may be timed up to 300 s ahead (23:58 posts one of 00:02 the next day), and a host whose clock runs
+ahead holds at its own time. model-x: $1.00 per 1,000 input tokens (wallet_kit.BOOK)."""
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import text
+from wallet_kit import Kit
+
+from wallets.budgets import BudgetSpec
+
+EVE = datetime(2026, 11, 24, 23, 58, tzinfo=UTC)
+AHEAD = datetime(2026, 11, 25, 0, 2, tzinfo=UTC)  # 4 minutes ahead of EVE, in the next day
+NEXT_DAY = "2026-11-25T00:00:00Z"
+
+
+async def _budget(kit: Kit, cid: str, **spec):
+    return (await kit.service.budgets.create(BudgetSpec(customer_id=cid, **spec))).budget.id
+
+
+async def _alerts(kit: Kit, cid: str) -> dict[str, list[tuple[str, str, str]]]:
+    """The customer's budget.threshold_crossed events by budget: (threshold, used, window_start)."""
+    rows = await kit.db.read(lambda conn: conn.execute(text(
+        "SELECT payload->>'budget_id', payload->>'threshold', payload->>'used', payload->>'window_start' "
+        "FROM outbox WHERE customer_id = :c AND topic = 'budget.threshold_crossed' ORDER BY id"), {"c": cid}))
+    found: dict[str, list[tuple[str, str, str]]] = {}
+    for budget_id, *alert in rows:
+        found.setdefault(budget_id, []).append(tuple(alert))
+    return found
+
+
+async def test_a_usage_event_timed_into_a_later_window_alerts_that_window_s_thresholds(shared_kit: Kit):
+    # 700 tokens of a 1,000 limit are 70 %: past 50 % (500), short of 80 % (800), in the day of the
+    # 25th and the minute of 00:02:00. A budget made after the event (seeded there since 038c122)
+    # never alerted, nor did a rolling minute made before it (a second 4 minutes ahead was no window)
+    kit, clock = shared_kit, shared_kit.clock
+    cid = await kit.customer("alerts")
+    await kit.top_up(cid, "100.00")
+    clock.now = EVE
+    day_before = await _budget(kit, cid, window="day", metric="tokens", limit=1000, thresholds=(50, 80))
+    tpm_before = await _budget(kit, cid, window="minute", metric="tokens", limit=1000, thresholds=(50, 80))
+    await kit.usage_event(cid, "e", input_tokens=700, at=AHEAD)
+    clock.now = datetime(2026, 11, 24, 23, 58, 30, tzinfo=UTC)
+    day_after = await _budget(kit, cid, window="day", metric="tokens", limit=1000, thresholds=(50, 80))
+    tpm_after = await _budget(kit, cid, window="minute", metric="tokens", limit=1000, thresholds=(50, 80))
+    alerts = await _alerts(kit, cid)
+    for day in (day_before, day_after):
+        assert alerts.get(day) == [("50", "700", NEXT_DAY)], day
+    for tpm in (tpm_before, tpm_after):
+        assert alerts.get(tpm) == [("50", "700", "2026-11-25T00:02:00Z")], tpm
+    assert (await kit.verify()).ok
+
