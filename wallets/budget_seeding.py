@@ -141,7 +141,8 @@ async def count_before(conn: AsyncConnection, lane: int, b: Budget, now: datetim
     else:
         calls = await _summed(conn, params, b.metric == "money")
     if end is not None:  # the usage events timed ahead of the clock into a window after this one
-        calls += await _events(conn, {**params, "start": params["end"], "end": datetime.max.replace(tzinfo=UTC)})
+        calls += await _ahead(conn, {**params, "start": params["end"], "end": datetime.max.replace(tzinfo=UTC)},
+                              b.metric == "money")
     start, rows_of = seeds(b, calls, now) or (start, [])
     if not rows_of:
         return
@@ -203,8 +204,18 @@ async def _events(conn: AsyncConnection, params: dict[str, Any]) -> list[PastCal
             for event_id, model, dimensions, at, charged, usage, lines in await conn.exec_driver_sql(_EVENTS, params)]
 
 
+async def _ahead(conn: AsyncConnection, params: dict[str, Any], money: bool) -> list[PastCall]:
+    """The calls from `start` on, after the budget's current window: the usage events timed ahead of
+    the clock (by up to 300 s), one by one, and, for money, with their re-rates so far. Each counts in
+    its own window, as in a budget made before it. Before, an event re-rated from $0.70 to $1.40
+    counted $0.70 there."""
+    calls = await _events(conn, params)
+    return await _with_rerates(conn, params, calls) if money and calls else calls  # most windows: none ahead
+
+
 async def _with_rerates(conn: AsyncConnection, params: dict[str, Any], calls: list[PastCall]) -> list[PastCall]:
-    """`calls` (one by one) with the re-rates of their charges so far (a money rolling minute)."""
+    """`calls` (one by one) with the re-rates of their charges so far (a money rolling minute, or the
+    calls ahead of the window)."""
     adjusted: dict[str, list[tuple[int, int]]] = {}
     for key, adjustment_id, delta, *_ in await conn.exec_driver_sql(_ADJUSTMENTS, params):
         adjusted.setdefault(key, []).append((int(adjustment_id), int(delta)))

@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import text
-from wallet_kit import Kit
+from wallet_kit import BOOK, Kit, usd
 
+from wallets import books, rerating
 from wallets.budgets import BudgetSpec
+from wallets.errors import BudgetExceededError
 
 EVE = datetime(2026, 11, 24, 23, 58, tzinfo=UTC)
 AHEAD = datetime(2026, 11, 25, 0, 2, tzinfo=UTC)  # 4 minutes ahead of EVE, in the next day
@@ -49,5 +51,37 @@ async def test_a_usage_event_timed_into_a_later_window_alerts_that_window_s_thre
         assert alerts.get(day) == [("50", "700", NEXT_DAY)], day
     for tpm in (tpm_before, tpm_after):
         assert alerts.get(tpm) == [("50", "700", "2026-11-25T00:02:00Z")], tpm
+    assert (await kit.verify()).ok
+
+
+async def test_a_rerate_of_a_usage_event_timed_ahead_moves_its_later_window(shared_kit: Kit):
+    # the event's 700 input tokens: $0.70 at $1.00 per 1,000, re-rated at 23:58 to $2.00 per 1,000:
+    # $1.40, a difference of $0.70, in the day of the 25th. A $2.00 hard day made before the re-rate
+    # kept $0.70 there (the window not yet current was not moved), one made after it seeded $0.70
+    kit, clock = shared_kit, shared_kit.clock
+    cid = await kit.customer("rerated")
+    await kit.top_up(cid, "100.00")
+    clock.now = EVE
+    before = await _budget(kit, cid, window="day", metric="money", limit=usd("2.00"), thresholds=(50,))
+    await kit.usage_event(cid, "e", input_tokens=700, at=AHEAD)
+    await kit.db.run(lambda conn: books.add_version(conn, {
+        **BOOK, "id": kit.book, "version": "v2", "effective_from": "2026-11-01T00:00:00Z",
+        "rules": [{**BOOK["rules"][0], "price": "2000"}, BOOK["rules"][1]]}))
+    done = await rerating.apply(kit.db, kit.service.engine, rerating.RerateSpec(
+        kit.book, "v2", datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC), cid), None)
+    assert (done["delta"], done["errors"]) == ("0.70", [])
+    after = await _budget(kit, cid, window="day", metric="money", limit=usd("2.00"), thresholds=(50,))
+    clock.now = datetime(2026, 11, 25, 0, 2, 30, tzinfo=UTC)
+    assert [(await kit.service.budgets.get(b)).used for b in (before, after)] == [usd("1.40")] * 2
+    # 50 % of $2.00 is $1.00: $0.70 stood under it, $1.40 past it, in the 25th's window
+    alerts = await _alerts(kit, cid)
+    assert (alerts.get(before), alerts.get(after)) == ([("50", "1.40", NEXT_DAY)],) * 2
+    try:  # 1.40 + 0.70 = 2.10 > 2.00
+        await kit.reserve(cid, "r1", amount="0.70")
+    except BudgetExceededError as refused:
+        assert refused.context["used"] == "1.40"
+    else:
+        raise AssertionError("a hold past the limit was taken")
+    await kit.reserve(cid, "r2", amount="0.60")  # 1.40 + 0.60 = 2.00: the limit exactly
     assert (await kit.verify()).ok
 
