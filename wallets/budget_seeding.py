@@ -140,7 +140,7 @@ async def count_before(conn: AsyncConnection, lane: int, b: Budget, now: datetim
         calls = await _each_call(conn, params, summed=True)
     else:
         calls = await _summed(conn, params, b.metric == "money")
-    if end is not None:  # the usage events timed ahead of the clock into a window after this one
+    if end is not None:  # the calls timed ahead of the clock into a window after this one, one by one
         calls += await _ahead(conn, {**params, "start": params["end"], "end": datetime.max.replace(tzinfo=UTC)},
                               b.metric == "money")
     start, rows_of = seeds(b, calls, now) or (start, [])
@@ -206,10 +206,12 @@ async def _events(conn: AsyncConnection, params: dict[str, Any]) -> list[PastCal
 
 async def _ahead(conn: AsyncConnection, params: dict[str, Any], money: bool) -> list[PastCall]:
     """The calls from `start` on, after the budget's current window: the usage events timed ahead of
-    the clock (by up to 300 s), one by one, and, for money, with their re-rates so far. Each counts in
-    its own window, as in a budget made before it. Before, an event re-rated from $0.70 to $1.40
-    counted $0.70 there."""
-    calls = await _events(conn, params)
+    the clock (by up to 300 s) and the reservations a host whose clock runs ahead held (its hold's
+    time is its clock's), one by one, and, for money, with their re-rates so far. Each counts in its
+    own window, as in a budget made before it. Before, a budget made at 23:59:55 counted none of the
+    holds a host 20 s ahead took at 00:00:10 (by its clock) in the next day, and an event re-rated
+    from $0.70 to $1.40 counted $0.70 there."""
+    calls = await _each_call(conn, params)
     return await _with_rerates(conn, params, calls) if money and calls else calls  # most windows: none ahead
 
 

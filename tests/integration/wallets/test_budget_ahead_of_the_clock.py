@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from sqlalchemy import text
-from wallet_kit import BOOK, Kit, usd
+from wallet_kit import BOOK, Clock, Kit, usd
 
 from wallets import books, rerating
 from wallets.budgets import BudgetSpec
@@ -85,3 +85,34 @@ async def test_a_rerate_of_a_usage_event_timed_ahead_moves_its_later_window(shar
     await kit.reserve(cid, "r2", amount="0.60")  # 1.40 + 0.60 = 2.00: the limit exactly
     assert (await kit.verify()).ok
 
+
+async def test_holds_of_a_host_whose_clock_runs_ahead_count_in_their_window_in_a_budget_made_after_them(
+        shared_kit: Kit):
+    # a host 20 s ahead holds at 00:00:10 by its clock (23:59:50 here): 600 input tokens held ($0.60),
+    # and 300 held then settled at 200 ($0.20). Budgets made here at 23:59:55 counted none of it in the
+    # 25th, where the holds counted (on_reserve: the window of the holding host's now)
+    kit, clock = shared_kit, shared_kit.clock
+    cid = await kit.customer("fast")
+    await kit.top_up(cid, "100.00")
+    fast = Kit(kit.db, kit.tag, Clock(datetime(2026, 11, 25, 0, 0, 10, tzinfo=UTC)))
+    open_hold = await fast.reserve(cid, "h", input_tokens=600)
+    closed = await fast.reserve(cid, "s", input_tokens=300)
+    await fast.settle(cid, closed.reservation.id, input_tokens=200)
+    clock.now = datetime(2026, 11, 24, 23, 59, 55, tzinfo=UTC)
+    tokens = await _budget(kit, cid, window="day", metric="tokens", limit=1000)
+    money = await _budget(kit, cid, window="day", metric="money", limit=usd("10.00"))
+    clock.now = datetime(2026, 11, 25, 0, 0, 20, tzinfo=UTC)
+    figures = [(v.used, v.held) for v in [await kit.service.budgets.get(b) for b in (tokens, money)]]
+    assert figures == [(200, 600), (usd("0.20"), usd("0.60"))]
+    try:  # 200 + 600 + 201 = 1,001 > 1,000
+        await kit.reserve(cid, "r1", input_tokens=201)
+    except BudgetExceededError as refused:
+        assert (refused.context["used"], refused.context["held"]) == (200, 600)
+    else:
+        raise AssertionError("a hold past the limit was taken")
+    # the open hold settles in its window of the new budgets too: 600 held becomes 500 used
+    await kit.settle(cid, open_hold.reservation.id, input_tokens=500)
+    figures = [(v.used, v.held) for v in [await kit.service.budgets.get(b) for b in (tokens, money)]]
+    assert figures == [(700, 0), (usd("0.70"), 0)]
+    await kit.reserve(cid, "r2", input_tokens=300)  # 700 + 300 = 1,000: the limit exactly
+    assert (await kit.verify()).ok
