@@ -388,12 +388,14 @@ async def test_a_refund_replays_by_its_idempotency_key(client) -> None:
 
 async def test_the_same_reference_again_is_the_same_refund(client, scratch_url) -> None:
     """As an invoice payment's: a payout sent again under its reference (a retry without an
-    Idempotency-Key) answers the first refund, 200, nothing posted; another amount is a conflict.
+    Idempotency-Key) answers the first refund, 200 with Idempotent-Replayed: true (a guard: so it
+    was), nothing posted; another amount is a conflict.
     The database refuses a second refund entry under one reference of a customer (23505)."""
     await _overpaid(client, "cr-ref")
     body = {"amount": "2.00", "reference": "wire-out-9", "reason": "re-rated"}
     first, again = await _refund(client, "cr-ref", body), await _refund(client, "cr-ref", body)
     assert (first.status_code, again.status_code) == (201, 200), again.text
+    assert (first.headers.get("idempotent-replayed"), again.headers.get("idempotent-replayed")) == (None, "true")
     keys = ("id", "entry_id", "amount", "reference", "reason", "grants", "refundable")
     assert [again.json()[k] for k in keys] == [first.json()[k] for k in keys]
     assert again.json()["refundable"] == "1.00"
