@@ -48,7 +48,7 @@ from wallets.core.decision import (
 from wallets.core.idempotency import Replayed
 from wallets.core.rating import billing_period
 from wallets.core.state import InvoiceDue, RulePaid, Unapplied
-from wallets.errors import ConflictError, SubMinorAmountError, WalletValidationError
+from wallets.errors import BODY_REFUSALS, ConflictError
 from wallets.model import BudgetHold, Hold, Lot, Reservation
 
 __all__ = ["Batch", "billing_period"]
@@ -115,7 +115,7 @@ class Batch:
                                          command.idem)
             except ConflictError:  # another body under the key: one that is invalid is refused as invalid
                 refused = decide(self.state(command.customer_id), command, self.now, self.book_of(command)).outcome
-                if refused.refused and isinstance(refused.body, WalletValidationError | SubMinorAmountError):
+                if refused.refused and isinstance(refused.body, BODY_REFUSALS):
                     raise refused.body from None
                 raise
             if kept is not None:

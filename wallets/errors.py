@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ledger.errors import LedgerError
+from pricing.errors import PriceBookValidationError
 
 
 class WalletError(LedgerError):
@@ -197,3 +198,9 @@ class VersionNotInForceError(WalletError):
     """A corrected version that is not the book's version in force throughout the range."""
 
     code = "version_not_in_force"
+
+
+# Refusals of a request's body itself (422), whatever was kept before: where its Idempotency-Key
+# (or reference, capture id) holds another body, such a body is refused as what it is, not told it
+# conflicts (409); only a body that could be carried out is (validation first: 3a57a92, d64bd09).
+BODY_REFUSALS = (WalletValidationError, SubMinorAmountError, CurrencyMismatchError, PriceBookValidationError)

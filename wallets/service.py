@@ -26,7 +26,7 @@ from wallets.core.idempotency import CREATED, EXISTS, OK, IdemKey, Replayed
 from wallets.core.refunds import refundable
 from wallets.customer_changes import CustomerChange, change_customer, changes_of
 from wallets.engine import ACCOUNTS_LOCK, Engine, customer_lock, lane_lock, utc_now
-from wallets.errors import ConflictError, CustomerExistsError, NotFoundError, WalletValidationError
+from wallets.errors import BODY_REFUSALS, ConflictError, CustomerExistsError, NotFoundError, WalletValidationError
 from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS, Cycle, close_due_at, new_zone, period_of
 from wallets.price_overrides import AddedOverrides, add_version
 
@@ -103,7 +103,11 @@ async def run_once(db: Database, idem: IdemKey | None, work: Callable[[AsyncConn
         refused.clear()
         if idem is not None:
             loaded = await store.load(conn, (), idempotency=[(idem.scope, idem.key)])
-            kept = idempotency.check_key(loaded.idempotency.get((idem.scope, idem.key)), idem)
+            try:
+                kept = idempotency.check_key(loaded.idempotency.get((idem.scope, idem.key)), idem)
+            except ConflictError as conflict:
+                await _invalid_first(conn, work)
+                raise conflict from None
             if kept is not None:
                 return kept
         try:
@@ -128,6 +132,20 @@ async def run_once(db: Database, idem: IdemKey | None, work: Callable[[AsyncConn
     if refused:
         raise refused[0]
     return result  # type: ignore[return-value]
+
+
+async def _invalid_first(conn: AsyncConnection, work: Callable[[AsyncConnection], Awaitable[Any]]) -> None:
+    """Where the key holds another body: raise `work`'s refusal of this body itself (BODY_REFUSALS,
+    checked where only the transaction can: an amount in the customer's currency, a price book's
+    currency, the models of a customer's price overrides), as Batch.apply does for the commands a
+    lane decides. Whatever `work` does is undone: the caller raises (a conflict when the body could
+    be carried out), so the transaction rolls back."""
+    try:
+        await work(conn)
+    except BODY_REFUSALS:
+        raise
+    except (LedgerError, PricingError):
+        return
 
 
 class WalletService:

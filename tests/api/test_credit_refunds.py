@@ -386,6 +386,24 @@ async def test_a_refund_replays_by_its_idempotency_key(client) -> None:
     assert (await _trial(client))["asset:platform:cash:USD"] == "8.00"
 
 
+async def test_a_refund_in_another_currency_under_a_known_idempotency_key_is_refused_as_such(client) -> None:
+    """$3.00 overpaid; $2.00 refunded under key k-1. The same refund in EUR under k-1 was 409
+    idempotency_conflict (the key looked up in Batch.apply, which re-decided only a body refused
+    as validation_error or invalid_amount); now 422 currency_mismatch, as under a new key. The
+    first body again replays its 201; one refund entry, the cash 10.00 - 2.00 = 8.00."""
+    await _overpaid(client, "cr-cur")
+    body = {"amount": "2.00", "reference": "wire-out"}
+    first = await _refund(client, "cr-cur", body, key="k-1")
+    assert first.status_code == 201, first.text
+    other = await _refund(client, "cr-cur", {**body, "currency": "EUR"}, key="k-1")
+    assert (other.status_code, other.json()["code"]) == (422, "currency_mismatch"), other.text
+    again = await _refund(client, "cr-cur", body, key="k-1")
+    assert (again.status_code, again.headers.get("idempotent-replayed"), again.json()) == (201, "true", first.json())
+    journal = (await client.get("/v1/journal?customer=cr-cur&kind=credit_refund", headers=ADMIN)).json()
+    assert len(journal["entries"]) == 1
+    assert (await _trial(client))["asset:platform:cash:USD"] == "8.00"
+
+
 async def test_the_same_reference_again_is_the_same_refund(client, scratch_url) -> None:
     """As an invoice payment's: a payout sent again under its reference (a retry without an
     Idempotency-Key) answers the first refund, 200 with Idempotent-Replayed: true (a guard: so it

@@ -132,3 +132,91 @@ async def test_a_credit_finer_than_a_cent_under_a_known_idempotency_key_is_inval
     other = await client.post(path, json={"amount": "6.00"}, headers=key)
     assert (other.status_code, other.json()["code"]) == (409, "idempotency_conflict"), other.text
     assert await _available(client, cid) == "5.00"
+
+
+def _refused(answer, status: int, code: str, fields: list[str]) -> None:
+    body = answer.json()
+    assert (answer.status_code, body["code"], [f["field"] for f in body.get("fields", [])]) == (
+        status, code, fields), answer.text
+
+
+async def test_a_customer_whose_body_is_invalid_under_a_known_idempotency_key_is_invalid(client, book):
+    """POST /v1/customers under key c made customer A (USD, the USD book). Under c, customer B with
+    an overdraft_limit of "0.001" (finer than the dollar's two decimals), and customer B in EUR on
+    that USD book, were 409 idempotency_conflict: the key looked up in run_once before the body's
+    rules, which only the transaction checks, ran. Now 422 invalid_amount naming overdraft_limit,
+    and 422 validation_error naming price_book, as without the key; B is not made (404). A's body
+    again under c replays its 201; B valid under c is 409."""
+    a = f"vbr-{uuid.uuid4().hex[:10]}"
+    b, key = f"{a}-b", {"Idempotency-Key": f"c-{a}"}
+    made = {"id": a, "price_book": book, "currency": "USD"}
+    first = await client.post("/v1/customers", json=made, headers=key)
+    assert first.status_code == 201, first.text
+    _refused(await client.post("/v1/customers", json={**made, "id": b, "overdraft_limit": "0.001"}, headers=key),
+             422, "invalid_amount", ["overdraft_limit"])
+    _refused(await client.post("/v1/customers", json={**made, "id": b, "currency": "EUR"}, headers=key),
+             422, "validation_error", ["price_book"])
+    again = await client.post("/v1/customers", json=made, headers=key)
+    assert (again.status_code, again.headers.get("idempotent-replayed"), again.json()) == (201, "true", first.json())
+    _refused(await client.post("/v1/customers", json={**made, "id": b}, headers=key), 409, "idempotency_conflict", [])
+    assert (await client.get(f"/v1/customers/{b}")).status_code == 404
+
+
+async def test_a_customer_change_whose_body_is_invalid_under_a_known_idempotency_key_is_invalid(client, book):
+    """PATCH overdraft_limit "5.00" under key p (200). Under p, "5.001" and a price book that does
+    not exist were 409 idempotency_conflict; now 422 invalid_amount naming overdraft_limit and 422
+    validation_error naming price_book (the lane's checks, run before telling the body apart from
+    the kept one). "5.00" again replays the 200; "6.00" under p is 409. One change logged, the
+    limit 5.00, the book unchanged."""
+    cid = await _customer(client, book)
+    path, key = f"/v1/customers/{cid}", {"Idempotency-Key": f"p-{cid}"}
+    first = await client.patch(path, json={"overdraft_limit": "5.00"}, headers=key)
+    assert first.status_code == 200, first.text
+    _refused(await client.patch(path, json={"overdraft_limit": "5.001"}, headers=key),
+             422, "invalid_amount", ["overdraft_limit"])
+    _refused(await client.patch(path, json={"price_book": f"no-{cid}"}, headers=key),
+             422, "validation_error", ["price_book"])
+    again = await client.patch(path, json={"overdraft_limit": "5.00"}, headers=key)
+    assert (again.status_code, again.headers.get("idempotent-replayed"), again.json()) == (200, "true", first.json())
+    _refused(await client.patch(path, json={"overdraft_limit": "6.00"}, headers=key), 409, "idempotency_conflict", [])
+    now = (await client.get(path)).json()
+    assert (now["overdraft_limit"], now["price_book"]) == ("5.00", book)
+    assert len((await client.get(f"{path}/changes")).json()["changes"]) == 1
+
+
+async def test_a_price_version_in_another_currency_under_a_known_idempotency_key_is_refused_as_such(client):
+    """Book P in USD, its first version posted under key v (201). Under v, a version of P in EUR
+    was 409 idempotency_conflict; now 422 currency_mismatch, as without the key. The first body
+    again replays its 201; a USD version of February under v is 409. P keeps one version."""
+    pid = f"vbr-{uuid.uuid4().hex[:10]}"
+    version = {"id": pid, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+               "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "1.00"}]}
+    key, february = {"Idempotency-Key": f"v-{pid}"}, {"effective_from": "2026-02-01T00:00:00Z"}
+    first = await client.post("/v1/price-books", json=version, headers=key)
+    assert first.status_code == 201, first.text
+    _refused(await client.post("/v1/price-books", json={**version, **february, "currency": "EUR"}, headers=key),
+             422, "currency_mismatch", [])
+    again = await client.post("/v1/price-books", json=version, headers=key)
+    assert (again.status_code, again.headers.get("idempotent-replayed"), again.json()) == (201, "true", first.json())
+    _refused(await client.post("/v1/price-books", json={**version, **february}, headers=key),
+             409, "idempotency_conflict", [])
+    assert len((await client.get(f"/v1/price-books/{pid}")).json()["versions"]) == 1
+
+
+async def test_price_overrides_of_a_model_not_priced_under_a_known_idempotency_key_are_invalid(client, book):
+    """A 10% discount on model-a put under key o (201). Under o, the discount on model-zzz, which no
+    rule of the customer's book prices, was 409 idempotency_conflict; now 422 validation_error
+    naming discounts[0].model, as without the key. The first body again replays its 201; a 20%
+    discount under o is 409. One version of the overrides."""
+    cid = await _customer(client, book)
+    path, key = f"/v1/customers/{cid}/price-overrides", {"Idempotency-Key": f"o-{cid}"}
+    discount = {"id": "d", "model": "model-a", "percent": "10"}
+    first = await client.put(path, json={"discounts": [discount]}, headers=key)
+    assert first.status_code == 201, first.text
+    _refused(await client.put(path, json={"discounts": [{**discount, "model": "model-zzz"}]}, headers=key),
+             422, "validation_error", ["discounts[0].model"])
+    again = await client.put(path, json={"discounts": [discount]}, headers=key)
+    assert (again.status_code, again.headers.get("idempotent-replayed"), again.json()) == (201, "true", first.json())
+    _refused(await client.put(path, json={"discounts": [{**discount, "percent": "20"}]}, headers=key),
+             409, "idempotency_conflict", [])
+    assert len((await client.get(path)).json()["versions"]) == 1
