@@ -39,7 +39,7 @@ from api.routes.wire import (
 from ledger.db import Database, RetriesExhaustedError, is_unavailable
 from ledger.errors import LedgerError
 from ledger.model import request_hash
-from pricing.errors import PricingError
+from pricing.errors import InvalidUsageError, PricingError
 from wallets import reports, store
 from wallets.commands import RecordUsage, UsageResult
 from wallets.core.idempotency import IdemKey, Replayed
@@ -136,6 +136,18 @@ async def _kept(db: Database, event: UsageEvent) -> Literal[True] | None:
     lane answers it as that one, a duplicate or a conflict)."""
     pair = (event.customer_id, event.event_id)
     return True if await db.read(lambda conn: store.kept_events(conn, [pair])) else None
+
+
+def _refused_usage(event: UsageEvent, conflict: Exception) -> Exception:
+    """What an event's usage refused is told where its id is kept with another body: the refusal
+    of its usage (422 validation_error, as the same event under a new id is told), not the conflict
+    (validation first, as for a settle under another's key: 3a57a92). The event kept under the id
+    with this very body is answered a duplicate before this (kept_only)."""
+    try:
+        usage_tokens(event.usage, event.openai_usage, event.anthropic_usage, event.gemini_usage)
+    except InvalidUsageError as refused:
+        return refused
+    return conflict
 
 
 def _respelled(command: RecordUsage, event: UsageEvent) -> Hashes:
@@ -264,6 +276,9 @@ async def _recorded(wallets: Any, db: Database, request: Request, events: list[U
             if found else []
         for n, outcome in zip(found, again, strict=True):
             outcomes[n] = outcome
+        for n in conflicts:  # another body under an event id kept: one whose usage is refused is refused as such
+            if commands[n].kept_only and isinstance(outcomes[n], ConflictError):
+                outcomes[n] = _refused_usage(events[positions[n]], outcomes[n])
     accepted = duplicates = 0
     faulted = False
     for index, command, outcome in zip(positions, commands, outcomes, strict=True):

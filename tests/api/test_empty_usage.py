@@ -102,6 +102,31 @@ async def test_a_usage_event_with_no_count_is_rejected_alone_and_its_id_stays_fr
     assert wallet["available"] == "9.97", wallet
 
 
+async def test_a_usage_event_whose_usage_is_refused_under_a_kept_event_id_is_refused_as_such(client, customer, tag):
+    """Event e of 1,000 input tokens accepted (at $10.00 per 1M: $0.01). e sent again with a
+    usage that is refused ({}: no count; an input_tokens of -1) was rejected idempotency_conflict,
+    the kept id looked up because its usage was refused (so that a body kept before a rule
+    tightened is answered a duplicate) and found with another body; now validation_error naming
+    usage, and input_tokens, as under a new id (validation first, as a settle under another's key since 3a57a92).
+    e again as sent is a duplicate, e with 2,000 tokens still idempotency_conflict. Charged once:
+    10.00 - 0.01 = 9.99 available."""
+    at = (datetime.now(UTC) - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
+    event = {"event_id": f"e-{tag}", "customer_id": customer, "model": "model-a", "timestamp": at,
+             "usage": {"input_tokens": 1000}}
+    first = await client.post("/v1/usage-events", json=[event])
+    assert first.json() == {"accepted": 1, "duplicates": 0, "rejected": []}, first.text
+    again = await client.post("/v1/usage-events", json=[
+        {**event, "usage": {}}, {**event, "usage": {"input_tokens": -1}}, event,
+        {**event, "usage": {"input_tokens": 2000}}])
+    assert again.status_code == 200, again.text
+    body = again.json()
+    assert (body["accepted"], body["duplicates"]) == (0, 1), body
+    assert [(r["index"], r["code"]) for r in body["rejected"]] == [
+        (0, "validation_error"), (1, "validation_error"), (3, "idempotency_conflict")], body
+    assert [r["detail"].split(":")[0] for r in body["rejected"][:2]] == ["usage", "input_tokens"], body
+    assert (await client.get(f"/v1/customers/{customer}/wallet")).json()["available"] == "9.99"
+
+
 GEMINI_SNAKE = {"prompt_token_count": 1000, "candidates_token_count": 500, "total_token_count": 1500}
 
 
@@ -246,9 +271,10 @@ async def test_a_usage_event_kept_before_gemini_usage_was_checked_is_a_duplicate
     used nothing: 0 tokens, $0.00 charged) and sent again after the upgrade was rejected
     validation_error naming gemini_usage, its usage checked before its id was looked up, where
     `duplicates: 1` is due (the client, told it was refused, would send it again for ever). Now the
-    kept event is looked up first: the resend is a duplicate; the same id with another refused
-    body (model-b for model-a) is idempotency_conflict, as any other body under that id is; a new
-    id of that usage alone is validation_error. Nothing is charged: 10.00 - 0.00 = 10.00 available."""
+    kept event is looked up first: the resend is a duplicate; the same id with another body whose
+    usage is refused (model-b for model-a) is validation_error, as that usage under a new id is
+    (it was idempotency_conflict: validation first, see the test above). Nothing is charged:
+    10.00 - 0.00 = 10.00 available."""
     at = (datetime.now(UTC) - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")
     event = {"event_id": f"e-{tag}", "customer_id": customer, "model": "model-a", "timestamp": at,
              "gemini_usage": {}}
@@ -262,8 +288,8 @@ async def test_a_usage_event_kept_before_gemini_usage_was_checked_is_a_duplicate
     body = again.json()
     assert (body["accepted"], body["duplicates"]) == (0, 1), body
     assert [(r["index"], r["code"]) for r in body["rejected"]] == [
-        (1, "idempotency_conflict"), (2, "validation_error")], body
-    assert "gemini_usage" in body["rejected"][1]["detail"]
+        (1, "validation_error"), (2, "validation_error")], body
+    assert all("gemini_usage" in r["detail"] for r in body["rejected"]), body
     assert (await client.get(f"/v1/audit/charges/new-{tag}")).status_code == 404
     assert (await client.get(f"/v1/customers/{customer}/wallet")).json()["available"] == "10.00"
 
