@@ -36,8 +36,9 @@ async def test_a_request_id_sent_again_answers_its_reservation_as_it_is_now(
     assert settled.json()["charged"] == "0.03"
     assert (await client.post(f"/v1/reservations/{first['r3']['id']}/release")).status_code == 200
     expires_at = datetime.fromisoformat(first["r4"]["expires_at"].replace("Z", "+00:00"))
-    # past the first expiry: r4's hold given back; r1, extended to an hour, is not due
-    assert await expire_reservations(db, expires_at + timedelta(seconds=1)) == 1
+    # past the first expiry: r4's hold given back; r1, extended to an hour, is not due (the statuses
+    # below say which; the count is the shared database's, where other files' holds may be due too)
+    assert await expire_reservations(db, expires_at + timedelta(seconds=1)) >= 1
     again = {rid: await _reserve(client, cid, rid) for rid in first}
     assert {rid: a.status_code for rid, a in again.items()} == dict.fromkeys(first, 200)
     assert {rid: a.json()["status"] for rid, a in again.items()} == {
