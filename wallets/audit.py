@@ -838,6 +838,38 @@ _PAYER_ROWS = f"""
      ORDER BY 1"""
 
 
+# What a close's payer rows (true_up_payers, rerate_id NULL) give each account, tied to what the
+# close's entry (its volume_true_up, keyed by its customer and period, in the row's lane) posted it: of
+# each account, the rows over every charge are at most what the entry credited it (and, for a lot
+# closed before the close, what it gave where that lot's money went: its `closed_lots`; an entry
+# written before it kept them, all it credited promotions and breakage, where it went). The entry
+# gives each payer its rows and its share of what no charge's part took (a rule's rest), so a row
+# moved by hand to another payer of the charge, or made larger where another of it is made smaller,
+# gives that payer more than it was posted, which the per-charge sums and the bounds by what each
+# paid take for right. Not of the rounding account (its rows are no posting), nor of a re-rate's
+# rows (its entry's postings to a payer also carry the charges' own decreases and increases).
+_CLOSE_PAYERS = f"""
+    SELECT format('true-up record of the close of customer %s, %s: its payers'' rows give %s %s back, its entry '
+                  'posted it %s', r.customer_id, r.period, r.payer, r.units, x.posted)
+      FROM (SELECT lane, customer_id, period, payer, sum(units) AS units FROM true_up_payers
+             WHERE rerate_id IS NULL AND payer IS NOT NULL AND payer NOT LIKE {_literal(chart.rounding_account('%'))}
+             GROUP BY 1, 2, 3, 4) r
+      LEFT JOIN journal_entries j ON j.key = 'true-up:' || r.customer_id || ':' || r.period AND j.lane = r.lane
+       AND j.kind = 'volume_true_up'
+     CROSS JOIN LATERAL (
+           SELECT coalesce(-sum(p.amount) FILTER (WHERE p.amount < 0 AND a.code = r.payer), 0)
+                  + CASE WHEN j.metadata ? 'closed_lots'
+                         THEN coalesce((j.metadata -> 'closed_lots' ->> r.payer)::numeric, 0)
+                         ELSE coalesce(-sum(p.amount) FILTER (WHERE p.amount < 0 AND a.code <> r.payer), 0)
+                    END AS posted
+             FROM postings p JOIN accounts a ON a.id = p.account_id
+            WHERE p.lane = j.lane AND p.entry_id = j.id
+              AND (a.code = r.payer OR a.code LIKE {_literal(chart.promotions_account('%'))}
+                   OR a.code LIKE {_literal(chart.breakage_account('%'))})) x
+     WHERE r.units > x.posted
+     ORDER BY r.customer_id, r.period, r.payer"""
+
+
 async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
     """Re-rates: each adjustment entry moved usage revenue by exactly what its charges' adjustments
     changed; each credit note is intact, numbered without gaps, its lines sum to its total, which
@@ -1004,6 +1036,10 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         written = "p.written" if (await _schema(conn))["true_up_payers_written"] else "NULL::bigint AS written"
         problems += [problem for problem, tie in (await conn.execute(text(_PAYER_ROWS.replace("{written}", written))))
                      if not (tie and problem.split(": ", 1)[0] in named)]
+        # a close's rows that give a payer more than its entry posted it, of a record not named already
+        named |= {problem.split(": ", 1)[0] for problem in problems}
+        problems += [problem for problem in (await conn.execute(text(_CLOSE_PAYERS))).scalars()
+                     if problem.split(": ", 1)[0] not in named]
     return problems_check(
         "credit_notes", problems, "re-rate entries move revenue by their charges' adjustments and true-up "
         "corrections (a re-rate that posted none: they net 0 with the corrections it kept); what each true-up (a "
@@ -1011,7 +1047,7 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         "and of a charge of its customer billed in its period, a close's each charge's overcharge at the tier reached "
         "(its cost there rounded up to the atomic unit) up to what its line left, the charges in order; what each "
         "payer got of each charge: its true-up's rows of the charge, and in all between nothing and what it paid of "
-        "it; credit notes "
+        "it, and of a close's, in all no more than its entry posted it; credit notes "
         "tie out to them (their money in whole minor units, the rest on the rounding account), intact and numbered "
         "without gaps")
 

@@ -99,6 +99,28 @@ async def test_a_rerate_gives_a_split_charge_s_payers_back_by_what_each_already_
         f"400000000, its payers' rows none"]
 
 
+async def test_verify_names_a_close_s_payer_row_made_larger_than_its_entry_posted_that_payer(fresh_db) -> None:
+    """The module's close: A $0.40 back, B $0.60 ($0.20 of the 5th, $0.40 of the 20th), as its
+    entry posted them. A's row of the 5th made $0.10 larger and B's $0.10 smaller by hand (raw SQL,
+    rolled back): the 5th's rows still sum to the $0.60 the close gave back of it, A got $0.50 of
+    the $1.00 it paid of it and B $0.10 of its $0.20: the per-charge sums and the bounds by what
+    each paid take that for right. Verify now names the record: its rows give A $0.50 where its
+    entry posted A $0.40 (B's $0.10 + $0.40 = $0.50 is within the $0.60 posted it: not named).
+    Before, verify passed (no problem)."""
+    bk = BillingKit(fresh_db)
+    cid = "split-forged"
+    a, b = await _split_charge(bk, cid)
+    await verified(bk)
+    first = min(charge for _, charge, _ in await _payers(bk, cid))  # the 5th
+    payer_a = chart.lot_account(cid, a)
+    params = {"a": payer_a, "b": chart.lot_account(cid, b), "first": first}
+    assert await _damaged(bk, params, *(f"""UPDATE true_up_payers SET units = units {sign} 100000000
+                                            WHERE rerate_id IS NULL AND charge_id = :first AND payer = :{lot}"""
+                                        for sign, lot in (("+", "a"), ("-", "b")))) == [
+        "credit_notes", f"true-up record of the close of customer {cid}, 2026-11: its payers' rows give {payer_a} "
+        f"{50 * CENT} back, its entry posted it {40 * CENT}"]
+
+
 async def test_a_rerate_takes_back_of_a_split_charge_from_what_each_payer_got_of_it(fresh_db) -> None:
     """As above, re-rated to $20/M and $5/M (A $0.70, B $4.65; of the 5th A got $0.70 back, B $0.20;
     of the 20th B $0.60 and its $0.15 decrease). Re-rated again to $20/M and $8/M: the 20th $0.80 +
