@@ -76,5 +76,4 @@ def _open(b: Budget, start: datetime, now: datetime) -> tuple[int, int] | None:
         return None
     if b.window == "minute":
         return counted(b, start)
-    used, held = b.windows.get(start, (0, 0))
-    return used, held
+    return b.windows.get(start, (0, 0))
