@@ -27,6 +27,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -54,7 +55,8 @@ from pricing.errors import PricingError
 from pricing.genai import context_window, long_context_above, lowest_long_context
 from pricing.premium import premium_dimensions as premium_dimensions_of
 from pricing.tokens import TokenCounter
-from wallets.commands import MAX_TTL_SECONDS, Extend, Reserve, ReserveResult
+from wallets.chart import HELD
+from wallets.commands import MAX_TTL_SECONDS, Extend, Release, Reserve, ReserveResult
 from wallets.core.idempotency import refusal_body
 from wallets.errors import ReservationClosedError, WalletValidationError
 
@@ -62,6 +64,9 @@ log = logging.getLogger("tokentill.gateway")
 
 _IDENTIFIER = re.compile(IDENTIFIER)
 PARSE_ON_LOOP_MAX = 64 * 1024  # bytes of a call's body read on the event loop; a bigger one, in a thread
+# a reserve the ledger did not answer is asked again (Exchange._submit_reserve): tries, and the first wait
+RESERVE_TRIES, RESERVE_RETRY_S = 3, 0.05
+RECLAIM_FIRST_S, RECLAIM_MOST_S = 0.5, 30.0  # the waits between a reclaim's tries (Gateway.reclaim), doubling
 
 
 class Gateway:
@@ -77,6 +82,7 @@ class Gateway:
         self.timeout = upstream_timeouts(settings)
         # by provider, the smallest prompt its models are priced dearer past (None: none is); until known, 0
         self.long_context_floor: dict[str, int | None] = {}
+        self.reclaims: set[asyncio.Task[None]] = set()  # holds a reserve left unanswered may have taken
 
     async def start(self) -> None:
         s = self.settings
@@ -90,12 +96,55 @@ class Gateway:
         await self.settles.start()
 
     async def stop(self) -> None:
+        for task in self.reclaims:  # the ledger still not answering: those holds are left to their expiry
+            task.cancel()
+        await asyncio.gather(*self.reclaims, return_exceptions=True)
         left = await self.settles.stop()
         if left:
             log.warning("gateway stopping with %d settles in its spool %s; they are sent at its next start",
                         left, self.settles.spool.path)
         if self.transport is not None:
             await self.transport.aclose()
+
+    def reclaim(self, command: Reserve, before: datetime) -> None:
+        """Release the hold a reserve the ledger never answered may have taken (its answer lost after
+        its COMMIT), once the ledger answers: nobody else would settle it, and its money would stay
+        held until its expiry."""
+        task = asyncio.create_task(self._reclaim(command, before))
+        self.reclaims.add(task)
+        task.add_done_callback(self.reclaims.discard)
+
+    async def _reclaim(self, command: Reserve, before: datetime) -> None:
+        """Ask the same reserve again (idempotent: the hold it kept, or a new one if it was never
+        taken; either way the request id is spent, as its caller was told) and release that hold,
+        retried while the ledger is unavailable, up to the hold's TTL (its expiry releases it then).
+        A replay made after `before` is another call's (the same id sent again once the ledger was
+        back, and going on): left alone."""
+        wait, deadline = RECLAIM_FIRST_S, time.monotonic() + self.settings.hold_seconds
+        while True:
+            await asyncio.sleep(wait)
+            try:
+                held = await self.wallets.submit(command)
+                r = held.reservation
+                if held.replayed and datetime.fromisoformat(r.created_at) > before:
+                    return
+                if r.status == HELD:
+                    await self.wallets.submit(Release(customer_id=r.customer_id, reservation_id=r.id))
+                    log.warning("gateway call %s: the hold %s its unanswered reserve took is released",
+                                command.request_id, r.id)
+                return
+            except (LedgerError, PricingError) as exc:  # refused (funds, budget, ...): nothing is held
+                log.info("gateway call %s: reclaiming its hold: %s", command.request_id, exc)
+                return
+            except Exception as exc:
+                if not (is_unavailable(exc) or isinstance(exc, RetriesExhaustedError)):
+                    log.error("gateway call %s: its hold could not be reclaimed", command.request_id, exc_info=True)
+                    return
+                if time.monotonic() > deadline:
+                    log.warning("gateway call %s: the ledger still does not answer; its hold, if taken, "
+                                "is released by its expiry", command.request_id)
+                    return
+            wait = min(wait * 2, RECLAIM_MOST_S)
 
     def upstream(self, provider: str, path: str) -> tuple[httpx.URL, dict[str, str]]:
         """The upstream URL of a call and the headers that authenticate it (each URL parsed once:
@@ -389,15 +438,48 @@ class Exchange:
             premiums=premiums, premium_dimensions=premium_dimensions,
             dimensions={**self.dimensions, **dict(call.dimensions)},  # the prices it asks for (speed: fast)
             caller_dimensions=self.caller_dimensions)
-        try:
-            result = await self.gw.wallets.submit(command)
-        except Exception as exc:
-            raise _refusal_of(exc) from exc
+        result = await self._submit_reserve(command)
         self.timings["reserve"] = time.perf_counter() - started
-        if result.replayed:
-            raise Refusal(409, "idempotency_conflict", f"request id {self.request_id} was used already")
         self.id_spent = self.callers_id
         return result
+
+    async def _submit_reserve(self, command: Reserve) -> ReserveResult:
+        """The call's hold. A reserve the ledger did not answer (the database unreachable, or the
+        connection lost, maybe after its COMMIT: the hold may be taken) is asked again, the same
+        request id and body: the idempotent reserve answers the hold it kept (`replayed`), this
+        call's own, and the call goes on with it (was: answered 503, and the client's retry met
+        409 idempotency_conflict, the hold left to its expiry by nobody). Still unanswered after
+        RESERVE_TRIES: 503, and the gateway releases the hold, if one was taken, once the ledger
+        answers (`Gateway.reclaim`); under the caller's own id it says x-should-retry: false (the
+        id may name that hold now: a retry would meet 409). A replay of a reserve not asked here
+        (the id used before) is 409 idempotency_conflict."""
+        unanswered = False
+        for attempt in range(RESERVE_TRIES):
+            try:
+                result = await self.gw.wallets.submit(command)
+            except Exception as exc:
+                refusal = _refusal_of(exc)  # raises what is neither the ledger's refusal nor its absence
+                if refusal.code != "service_unavailable":
+                    raise refusal from exc
+                unanswered = True
+                if attempt + 1 < RESERVE_TRIES:
+                    await asyncio.sleep(RESERVE_RETRY_S * 2**attempt)
+                    continue
+                log.warning("gateway call %s: the ledger did not answer its reserve (%s); its hold, if taken, "
+                            "is released once it answers", self.request_id, exc)
+                self.gw.reclaim(command, self.gw.wallets.clock())
+                self.id_spent = self.callers_id
+                raise Refusal(503, "service_unavailable", "the ledger did not answer this call's hold; it is "
+                              "released if it was taken" + ("" if not self.callers_id else
+                              f"; send the call again under a new request id ({self.request_id} may name it)"),
+                              None if self.callers_id else "1") from exc
+            if result.replayed and not (unanswered and result.reservation.status == HELD):
+                raise Refusal(409, "idempotency_conflict", f"request id {self.request_id} was used already")
+            if result.replayed:
+                log.warning("gateway call %s: its reserve's answer was lost; asked again, the hold %s it took goes on",
+                            self.request_id, result.reservation.id)
+            return result
+        raise AssertionError("unreachable")
 
     async def _long_prompt(self, call: Call, prompt: int) -> bool:
         """Whether a prompt of `prompt` tokens (the hold's) passes the size past which the provider

@@ -12,10 +12,23 @@ from typing import Any
 
 import anthropic
 import openai
+import psycopg
 import pytest
 
-from tests.api.test_gateway import HI, admin, charged, customer, fake, live, serving, wallet  # noqa: F401 (fixtures)
+from tests.api.test_gateway import (  # noqa: F401 (fixtures)
+    CHAT_CHARGE,
+    HI,
+    admin,
+    charged,
+    customer,
+    fake,
+    live,
+    serving,
+    wallet,
+)
 from tests.api.test_gateway_edges import body, model, upstream  # noqa: F401 (upstream: a fixture)
+from wallets.commands import Reserve
+from wallets.engine import Engine
 
 
 def counted(sdk: Any = openai) -> tuple[list[str], Any]:
@@ -161,3 +174,92 @@ def test_an_upstreams_own_should_retry_true_is_told_false_under_the_callers_requ
     assert response.status_code == 529 and response.headers.get_list("x-should-retry") == ["false"]
     assert raised.value.body == json.loads(error) and response.headers["x-tokentill-charged"] == "0"
     assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+def _reserve_faults(monkeypatch: Any, rid: str, plan: list[str]) -> list[str]:
+    """Fault injection at the engine's seam with the database (Engine._execute_lane: one lane's
+    transaction, committed or not): each batch that holds the Reserve of request id `rid` goes as
+    `plan` says, in order, then as it should: "lost", committed, then its answer lost (the
+    connection dropped after COMMIT: psycopg's OperationalError, no SQLSTATE); "down", the
+    connection dropped before anything was written. The list it returns logs each such batch."""
+    original = Engine._execute_lane
+    tries: list[str] = []
+
+    async def execute_lane(self: Engine, lane: int, commands: Any, now: Any) -> list[Any]:
+        if not any(isinstance(c, Reserve) and c.request_id == rid for c in commands):
+            return await original(self, lane, commands, now)
+        what = plan[len(tries)] if len(tries) < len(plan) else "ok"
+        tries.append(what)
+        if what == "down":
+            raise psycopg.OperationalError("connection failed: server closed the connection unexpectedly")
+        outcomes = await original(self, lane, commands, now)
+        if what == "lost":
+            raise psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly")
+        return outcomes
+
+    monkeypatch.setattr(Engine, "_execute_lane", execute_lane)
+    return tries
+
+
+def _trace(url: str, rid: str) -> dict[str, Any]:
+    with admin(url) as http:
+        return http.get(f"/v1/audit/charges/{rid}").json()
+
+
+def test_a_reserve_whose_answer_was_lost_after_its_commit_proceeds_on_its_hold_charged_once(live, fake, monkeypatch):  # noqa: F811
+    """The reserve of a call under the caller's own request id committed, and its answer was lost
+    (the connection dropped after COMMIT). The gateway answered 503 service_unavailable (may be
+    retried), the openai client sent the call again, and its reserve met the hold the first had
+    taken: 409 idempotency_conflict to the caller (observed: ConflictError, 2 requests sent), the
+    call never made, and the $0.0211125 hold (9 prompt tokens at the $12.50 cache write price, the
+    1,000 cap at $20, per million, and the $0.001 call) left held, by nobody, until its 600 s expiry. Now the
+    gateway asks the engine again under the same id and body: the idempotent reserve answers the
+    hold it kept, and the call proceeds on it. By hand: one request from the client, one upstream
+    call, one charge of $0.0100 (800 in at $10, 200 cached at $1, 40 out at $20, per million, plus
+    $0.001), the wallet $10.00 - $0.0100 = $9.9900, nothing left held."""
+    url, _ = live
+    cid, key = customer(live)
+    rid = f"gw-lost-{uuid.uuid4().hex[:8]}"
+    tries = _reserve_faults(monkeypatch, rid, ["lost"])
+    calls = len(fake.fake.calls)
+    sent, http = counted()
+    raw = openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key, http_client=http).chat.completions \
+        .with_raw_response.create(model="gpt-test", messages=HI, extra_headers={"x-tokentill-request-id": rid})
+    assert raw.http_response.status_code == 200 and len(sent) == 1
+    assert tries == ["lost", "ok"]  # the second, the gateway's own: answered by the kept hold
+    assert len(fake.fake.calls) == calls + 1
+    # 9 * 12.5 = 112.5, 1,000 * 20 = 20,000; (112.5 + 20,000) / 1,000,000 = 0.0201125; + 0.001
+    assert Decimal(raw.headers["x-tokentill-reserved"]) == Decimal("0.0211125")
+    assert Decimal(raw.headers["x-tokentill-charged"]) == CHAT_CHARGE == Decimal("0.0100")
+    assert charged(url, rid) == Decimal("0.0100")
+    trace = _trace(url, rid)
+    assert trace["reservation"]["status"] == "settled" and len(trace["charges"]) == 1
+    assert wallet(url, cid) == (Decimal("9.9900"), 0)
+
+
+def test_a_reserve_whose_answer_stays_lost_is_refused_once_and_its_hold_released(live, fake, monkeypatch):  # noqa: F811
+    """The reserve committed and its answer was lost, and the database stayed unreachable while
+    the gateway asked again: the call cannot go on. Was: 503 (may be retried), the client's
+    retries met 409 idempotency_conflict, and the $0.0211125 hold stayed held by nobody until its
+    expiry. Now: one 503 service_unavailable with x-should-retry: false (the id may name a hold: a
+    retry under it would meet 409; send the call again under a new id) and x-tokentill-charged 0,
+    no upstream call, and once the ledger answers again the gateway asks the same reserve once
+    more (answered by the kept hold) and releases it: the wallet back to $10.00 available, $0
+    held, the reservation released, no charge."""
+    url, _ = live
+    cid, key = customer(live)
+    rid = f"gw-lost-{uuid.uuid4().hex[:8]}"
+    tries = _reserve_faults(monkeypatch, rid, ["lost", "down", "down"])
+    calls = len(fake.fake.calls)
+    sent, http = counted()
+    with pytest.raises(openai.APIStatusError) as raised:
+        openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key, http_client=http).chat.completions.create(
+            model="gpt-test", messages=HI, extra_headers={"x-tokentill-request-id": rid})
+    response = raised.value.response
+    assert len(sent) == 1 and response.status_code == 503 and raised.value.body["code"] == "service_unavailable"
+    assert response.headers.get_list("x-should-retry") == ["false"] and response.headers["x-tokentill-charged"] == "0"
+    assert len(fake.fake.calls) == calls
+    assert wallet(url, cid) == (Decimal("10"), 0)
+    assert tries == ["lost", "down", "down", "ok"]
+    trace = _trace(url, rid)
+    assert trace["reservation"]["status"] == "released" and trace["charges"] == []
