@@ -79,8 +79,6 @@ class BudgetService:
     async def create(self, spec: BudgetSpec, idem: IdemKey | None = None) -> BudgetView | Replayed:
         from wallets.service import run_once  # imported here: wallets.service imports this module
 
-        rules.validate(spec.window, spec.metric, spec.mode, spec.limit, spec.thresholds, spec.time_zone,
-                       spec.model)
         budget_id = new_id("bud")
         lane = await self.engine.lane_of(spec.customer_id)
 
@@ -110,7 +108,12 @@ class BudgetService:
                         + ahead_alerts(state, b, currency, now))
             return rules.budget_view(b, currency, now)
 
-        return await run_once(self.db, idem, work, await self._locks(spec.customer_id), lambda _: CREATED)
+        def valid() -> None:  # after the key: the answer kept for this very body first (acadff6)
+            rules.validate(spec.window, spec.metric, spec.mode, spec.limit, spec.thresholds, spec.time_zone,
+                           spec.model)
+
+        return await run_once(self.db, idem, work, await self._locks(spec.customer_id), lambda _: CREATED,
+                              rules=valid)
 
     async def get(self, budget_id: str) -> BudgetView:
         customer_id = await self.owner(budget_id)

@@ -91,12 +91,15 @@ def _customer(row: Any) -> CustomerView:
 
 async def run_once(db: Database, idem: IdemKey | None, work: Callable[[AsyncConnection], Awaitable[T]],
                    locks: list[int], code_of: Callable[[T], str] | None = None, *,
-                   committed: bool = False) -> T | Replayed:
+                   committed: bool = False, rules: Callable[[], None] | None = None) -> T | Replayed:
     """Run `work` in one transaction; with an idempotency key, keep its answer (its outcome code,
     `code_of` the result or the result's own, and body; refusals included) in the same
     transaction, and replay the kept answer instead of running again. `committed`: in a READ
     COMMITTED transaction (Database.committed: bookkeeping beside the ledger), `locks` taken
-    inside it."""
+    inside it. `rules`: the body's own checks, run once the key is read and before `work`, their
+    refusal not kept: the answer kept for this very body is replayed without them (a body kept
+    before a rule refused it answers as kept), another body under the key is refused by them
+    before it is told it conflicts (BODY_REFUSALS)."""
     refused: list[BaseException] = []
 
     async def unit(conn: AsyncConnection) -> T | Replayed | None:
@@ -106,10 +109,14 @@ async def run_once(db: Database, idem: IdemKey | None, work: Callable[[AsyncConn
             try:
                 kept = idempotency.check_key(loaded.idempotency.get((idem.scope, idem.key)), idem)
             except ConflictError as conflict:
+                if rules is not None:
+                    rules()
                 await _invalid_first(conn, work)
                 raise conflict from None
             if kept is not None:
                 return kept
+        if rules is not None:
+            rules()
         try:
             outcome: Any = await work(conn)
         except (LedgerError, PricingError) as exc:

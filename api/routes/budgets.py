@@ -19,8 +19,7 @@ from api.routes.wire import Answer, amount_in, idempotency, kept_answer, respond
 from pricing.errors import NOT_AN_INTEGER
 from wallets.budgets import MAX_PER_CUSTOMER, BudgetChange, BudgetSpec
 from wallets.core.budgets import BudgetView, figure
-from wallets.core.idempotency import IdemKey, Replayed
-from wallets.errors import ConflictError, NotFoundError, WalletValidationError
+from wallets.errors import NotFoundError, WalletValidationError
 from wallets.model import Budget
 
 Window = Literal["request", "minute", "day", "month", "lifetime"]
@@ -152,26 +151,11 @@ async def create_budget(state: State, request: Request, data: CreateBudgetBody) 
     window at its upper bound from the moment it is held. `hard` refuses with 429; `soft` alerts."""
     data = shaped(data, _Create)
     ensure_customer(request, data.customer_id)
-    idem = idempotency(request, data)
-    replay = await _kept_as_sent(state, idem)
-    if replay is not None:  # what was kept is answered, whatever the rules refuse since (e391396: time_zone)
-        return respond(request, replay, BUDGET)
     spec = BudgetSpec(data.customer_id, data.window, data.metric, _limit(data.metric, data.limit), data.mode,
                       data.name, data.api_key, data.model, dict(data.dimensions), tuple(data.thresholds),
                       data.time_zone, "customer" if _customers_own(request) else "operator")
     await state.services.wallets.get_customer(data.customer_id)  # 404 before anything is written
-    return respond(request, await state.services.wallets.budgets.create(spec, idem), BUDGET)
-
-
-async def _kept_as_sent(state: State, idem: IdemKey | None) -> Replayed | None:
-    """The answer kept under the create's key for this very body, looked up before the body's rules:
-    a budget made under a key before a rule refused its body (a minute budget's time_zone, refused
-    since e391396) replays as made, not 422. Another body under the key is None: refused as such
-    (422) if invalid, else the create's conflict (409), as before."""
-    try:
-        return await kept_answer(state.services.db, idem)
-    except ConflictError:
-        return None
+    return respond(request, await state.services.wallets.budgets.create(spec, idempotency(request, data)), BUDGET)
 
 
 class BudgetsPage(msgspec.Struct):
