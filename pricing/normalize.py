@@ -11,7 +11,8 @@ reasoning and audio/image/video output tokens, ``cache_write_tokens`` excludes o
   ``.audio_tokens`` and ``.image_tokens`` (prediction tokens are billed as output). An
   embeddings ``usage`` has no ``completion_tokens``: none were produced.
 - OpenAI Responses: the same with ``input_tokens`` / ``input_tokens_details`` and
-  ``output_tokens`` / ``output_tokens_details``.
+  ``output_tokens`` / ``output_tokens_details``. Either API's details are read under the other's
+  name too (an OpenAI-compatible upstream's chat answer may give Responses totals and Chat details).
 - Anthropic Messages: ``input_tokens`` already excludes ``cache_creation_input_tokens`` and
   ``cache_read_input_tokens``; ``cache_creation`` splits writes into 5-minute and one-hour;
   ``server_tool_use.web_search_requests`` are web searches; thinking tokens, where
@@ -171,9 +172,27 @@ def _result(r: _Reader, source: str, counts: dict[str, int], tier: str | None,
     return NormalizedUsage(*base, source, kept, extra, tier, geo)
 
 
+_OTHER_SHAPE = {"prompt_tokens": "input_tokens", "completion_tokens": "output_tokens",
+                "input_tokens": "prompt_tokens", "output_tokens": "completion_tokens"}
+
+
+def _details(r: _Reader, total_name: str) -> str:
+    """The name of the details of `total_name` that the usage gives: its own shape's, else the other
+    API's (an OpenAI-compatible upstream may send Responses totals with Chat details, or the reverse);
+    both given and differing is refused, as no count can be chosen."""
+    own, other = f"{total_name}_details", f"{_OTHER_SHAPE[total_name]}_details"
+    if r.obj.get(other) is None:
+        return own
+    if r.obj.get(own) is None:
+        return other
+    r.check(r.obj[own] == r.obj[other], own, f"differs from {other}: give one of them")
+    return own
+
+
 def _openai(r: _Reader, prompt_name: str, completion_name: str, source: str) -> NormalizedUsage:
-    """Subtract the subsets out of OpenAI's inclusive totals (both APIs)."""
-    inp, out = f"{prompt_name}_details", f"{completion_name}_details"
+    """Subtract the subsets out of OpenAI's inclusive totals (both APIs), the details read under
+    either API's names."""
+    inp, out = _details(r, prompt_name), _details(r, completion_name)
     prompt = r.count(prompt_name, required=True)
     # an embeddings usage has no completion_tokens; a chat usage with completion details must
     completion = r.count(completion_name, required=out in r.obj or source == "openai_responses")

@@ -221,3 +221,35 @@ def test_where_an_anthropic_call_ran_is_a_dimension_of_its_usage():
     assert fields["inference_geo"] == "us"
     assert normalize_canonical(fields).dimensions() == {"service_tier": "standard", "inference_geo": "us"}
     assert normalize_anthropic({"input_tokens": 10, "output_tokens": 2}).dimensions() == {}
+
+
+# Responses totals with Chat details (an OpenAI-compatible upstream's chat answer), and the reverse:
+# 1,000 prompt tokens of which 200 cached and 50 cache writes, 100 completion of which 60 reasoning:
+# 1,000 - 200 - 50 = 750 input, 200 cached, 50 written, 100 - 60 = 40 output, 60 reasoning. The
+# details were dropped: (1,000, 0, 0, 100, 0), cached billed as input and reasoning as output.
+MIXED_DETAILS = {"cached_tokens": 200, "cache_write_tokens": 50}
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"input_tokens": 1000, "output_tokens": 100, "prompt_tokens_details": MIXED_DETAILS,
+         "completion_tokens_details": {"reasoning_tokens": 60}},
+        {"prompt_tokens": 1000, "completion_tokens": 100, "input_tokens_details": MIXED_DETAILS,
+         "output_tokens_details": {"reasoning_tokens": 60}},
+        # both names given alike: read once
+        {"input_tokens": 1000, "output_tokens": 100, "input_tokens_details": MIXED_DETAILS,
+         "prompt_tokens_details": MIXED_DETAILS, "output_tokens_details": {"reasoning_tokens": 60}},
+    ],
+    ids=["responses-totals-chat-details", "chat-totals-responses-details", "both-alike"],
+)
+def test_openai_details_under_the_other_apis_names_are_read(usage):
+    assert canonical(normalize_openai(usage)) == (750, 200, 50, 40, 60)
+
+
+def test_openai_details_given_under_both_names_that_differ_are_refused_naming_the_field():
+    usage = {"input_tokens": 1000, "output_tokens": 100, "input_tokens_details": {"cached_tokens": 200},
+             "prompt_tokens_details": {"cached_tokens": 300}}
+    with pytest.raises(InvalidUsageError) as info:
+        normalize_openai(usage)
+    assert field_names(info.value) == {"input_tokens_details"}
