@@ -260,13 +260,10 @@ class WalletService:
 
         async def work(conn: AsyncConnection) -> tuple[CustomerView, bool]:
             row = (await conn.execute(_CUSTOMER, {"id": spec.id})).first()
-            if row is not None:
-                existing = _customer(row)
-                if existing.spec != spec:
-                    raise CustomerExistsError(f"customer {spec.id} exists with other settings; its id, currency, "
-                                              "billing and cycle never change, and the others change by "
-                                              "PATCH", customer_id=spec.id)
+            existing = None if row is None else _customer(row)
+            if existing is not None and existing.spec == spec:  # as made, whatever the rules say since
                 return existing, False
+            # the body's own refusals before the conflict with the customer kept (BODY_REFUSALS)
             new_zone(spec.time_zone)
             if spec.overdraft_limit is not None:
                 whole_minor_units(spec.overdraft_limit, spec.currency, "overdraft_limit")
@@ -274,6 +271,10 @@ class WalletService:
                                                 {"id": spec.price_book})).scalar()
             if book_currency is not None and book_currency != spec.currency:
                 raise WalletValidationError("price_book", f"price book {spec.price_book} is in {book_currency}")
+            if existing is not None:
+                raise CustomerExistsError(f"customer {spec.id} exists with other settings; its id, currency, "
+                                          "billing and cycle never change, and the others change by "
+                                          "PATCH", customer_id=spec.id)
             await open_customer_accounts(conn, spec.id, spec.currency)
             period = period_of(self.clock(), spec.cycle)
             await conn.execute(text(

@@ -10,6 +10,7 @@ Book: model-a input $10.00 per 1M tokens, output $20.00 per 1M, $0.01 a call."""
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from litestar.testing import AsyncTestClient
@@ -220,3 +221,50 @@ async def test_price_overrides_of_a_model_not_priced_under_a_known_idempotency_k
     _refused(await client.put(path, json={"discounts": [{**discount, "percent": "20"}]}, headers=key),
              409, "idempotency_conflict", [])
     assert len((await client.get(path)).json()["versions"]) == 1
+
+
+async def test_a_customer_whose_body_is_invalid_under_an_existing_id_is_invalid(client, book):
+    """Customer A (USD, the USD book, prepaid: overdraft 0.00) made. POST /v1/customers of A again
+    with an overdraft_limit of "0.001" (finer than the dollar's two decimals), and of A in EUR on
+    that USD book, were 409 customer_exists: the existing id was found before the body's rules ran.
+    Now 422 invalid_amount naming overdraft_limit and 422 validation_error naming price_book, as for
+    a new id (e5d607f's rule: a body's own refusal before a conflict with what is kept). A body that
+    could be carried out is still 409: A on a book not created yet (creation takes one, README) or
+    with an overdraft of "5.00". A's own definition again is 200. A is unchanged: 0.00, USD, the book."""
+    cid = f"vbr-{uuid.uuid4().hex[:10]}"
+    made = {"id": cid, "price_book": book, "currency": "USD", "billing": "prepaid"}
+    assert (await client.post("/v1/customers", json=made)).status_code == 201
+    _refused(await client.post("/v1/customers", json={**made, "overdraft_limit": "0.001"}),
+             422, "invalid_amount", ["overdraft_limit"])
+    _refused(await client.post("/v1/customers", json={**made, "currency": "EUR"}), 422, "validation_error",
+             ["price_book"])
+    for other in ({"price_book": f"later-{cid}"}, {"overdraft_limit": "5.00"}):
+        _refused(await client.post("/v1/customers", json={**made, **other}), 409, "customer_exists", [])
+    assert (await client.post("/v1/customers", json=made)).status_code == 200
+    now = (await client.get(f"/v1/customers/{cid}")).json()
+    assert (now["overdraft_limit"], now["currency"], now["price_book"]) == ("0.00", "USD", book)
+
+
+async def test_an_amount_for_a_customer_that_does_not_exist_is_not_found_and_a_grant_s_expiry_is_invalid(
+        client, book):
+    """Guards (passed before). A PATCH of overdraft_limit "5.001", and a top-up of "0.001", for a
+    customer that does not exist are 404 not_found: how fine an amount may be is its customer's
+    currency's (two decimals for USD, none for JPY, three for BHD, where "0.001" is a fils), so with
+    no customer there is no such refusal of the body ("abc", no amount in any currency, is 422). A
+    grant of 5.00 expiring in 30 days under key g (201); under g, a grant of 6.00 expiring 30 days
+    ago or at "not-a-time" is 422 validation_error naming expires_at, not 409. One lot: 5.00."""
+    missing = f"vbr-{uuid.uuid4().hex[:10]}-none"
+    _refused(await client.patch(f"/v1/customers/{missing}", json={"overdraft_limit": "5.001"}), 404, "not_found", [])
+    _refused(await client.post(f"/v1/customers/{missing}/topups", json={"amount": "0.001"}), 404, "not_found", [])
+    _refused(await client.post(f"/v1/customers/{missing}/topups", json={"amount": "abc"}), 422, "validation_error",
+             ["amount"])
+    cid = await _customer(client, book)
+    path, key = f"/v1/customers/{cid}/grants", {"Idempotency-Key": f"g-{cid}"}
+    now = datetime.now(UTC)
+    first = await client.post(path, json={"amount": "5.00", "expires_at": (now + timedelta(days=30)).isoformat()},
+                              headers=key)
+    assert first.status_code == 201, first.text
+    for expiry in ((now - timedelta(days=30)).isoformat(), "not-a-time"):
+        _refused(await client.post(path, json={"amount": "6.00", "expires_at": expiry}, headers=key),
+                 422, "validation_error", ["expires_at"])
+    assert await _available(client, cid) == "5.00"
