@@ -8,7 +8,8 @@ PAUSE_AFTER tokens, then waits for the caller to leave (so "emitted before the c
 `...-stall` sends PAUSE_AFTER tokens, is silent STALL_SECONDS, then sends the rest and its usage;
 `...-hold` sends one token, then waits until `release()` is called; `...-drop` breaks the
 connection after DROP_AFTER tokens (a whole chat or messages answer: after that many words of its text);
-`...-overloaded` answers 503; `...-trickle` streams a token every TRICKLE_SECONDS; `...-slow` (a
+`...-overloaded` answers 503 (Anthropic: 529 overloaded_error; its 5xx and 529 say
+`x-should-retry: true`, as Anthropic's do); `...-trickle` streams a token every TRICKLE_SECONDS; `...-slow` (a
 whole chat answer) never answers, and waits for the caller to leave; `...-nousage` streams without
 any usage; `...-lateusage` streams its answer, then waits LATE_USAGE_SECONDS before the event that
 carries its usage (a chat's usage chunk, a response's completed event, a message's message_delta).
@@ -172,11 +173,11 @@ async def lifespan(receive: Any, send: Any) -> None:
             return
 
 
-async def _json(send: Any, status: int, body: Any) -> None:
+async def _json(send: Any, status: int, body: Any, *headers: tuple[bytes, bytes]) -> None:
     data = msgspec.json.encode(body)
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                            (b"x-request-id", b"fake")]})
+                            (b"x-request-id", b"fake"), *headers]})
     await send({"type": "http.response.body", "body": data})
 
 
@@ -333,9 +334,20 @@ async def _embeddings(fake: FakeUpstream, log: Logged, receive: Any, send: Any) 
                             "usage": {"prompt_tokens": EMBEDDING_TOKENS, "total_tokens": EMBEDDING_TOKENS}})
 
 
+# Anthropic's answer to an error it expects a retry to get past (its 5xx, its 529 overloaded_error),
+# which the anthropic package obeys (_base_client.py `_should_retry`). OpenAI's fake says none: no
+# source found shows where OpenAI sends it (the openai package then retries by the status alone).
+ANTHROPIC_RETRY = (b"x-should-retry", b"true")
+
+
 async def _messages(fake: FakeUpstream, log: Logged, receive: Any, send: Any) -> None:
     if _failed(log):
-        await _json(send, 500, {"type": "error", "error": {"type": "api_error", "message": "Internal server error"}})
+        await _json(send, 500, {"type": "error", "error": {"type": "api_error", "message": "Internal server error"}},
+                    ANTHROPIC_RETRY)
+        return
+    if log.body["model"].endswith("-overloaded"):
+        await _json(send, 529, {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+                    ANTHROPIC_RETRY)
         return
     mid, words = f"msg_{uuid.uuid4().hex[:12]}", _words(_tokens(log))
     tools = log.body.get("tools") or []

@@ -263,3 +263,34 @@ def test_a_reserve_whose_answer_stays_lost_is_refused_once_and_its_hold_released
     assert tries == ["lost", "down", "down", "ok"]
     trace = _trace(url, rid)
     assert trace["reservation"]["status"] == "released" and trace["charges"] == []
+
+
+@pytest.mark.parametrize("name", ["claude-test-fail", "claude-test-overloaded"], ids=["500", "529"])
+def test_the_fakes_anthropic_errors_say_x_should_retry_true_as_anthropics_do(live, fake, name):  # noqa: F811
+    """Anthropic answers its 5xx and its 529 overloaded_error with x-should-retry: true (the
+    anthropic package obeys it, anthropic/_base_client.py `_should_retry`); the fake said nothing
+    (the 529 was tested with a scripted upstream) and had no 529 (observed for `-overloaded`: an
+    answer, 200). Now it says it, and the gateway's tests meet the realistic answer: without a
+    request id of the caller's the header comes through as the upstream said it, and the client
+    sends the call 3 times (the first and its 2 retries), each its own hold released: 3 upstream
+    calls, nothing charged, the wallet's $10.00 untouched; under the caller's own id it is told
+    false (once) and sent once."""
+    url, _ = live
+    cid, key = customer(live)
+    calls = len(fake.fake.calls)
+    sent, http = counted(anthropic)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key, http_client=http).messages.create(
+            model=name, max_tokens=100, messages=HI)
+    response = raised.value.response
+    assert response.status_code == (500 if name.endswith("-fail") else 529)
+    assert response.headers.get_list("x-should-retry") == ["true"] and response.headers["x-tokentill-charged"] == "0"
+    assert len(sent) == 3 and len(fake.fake.calls) == calls + 3
+    rid = f"gw-anth-{uuid.uuid4().hex[:8]}"
+    sent, http = counted(anthropic)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key, http_client=http).messages.create(
+            model=name, max_tokens=100, messages=HI, extra_headers={"x-tokentill-request-id": rid})
+    assert raised.value.response.headers.get_list("x-should-retry") == ["false"] and len(sent) == 1
+    assert len(fake.fake.calls) == calls + 4
+    assert wallet(url, cid) == (Decimal("10"), 0)
