@@ -61,6 +61,7 @@ async def _rerates(client, cid: str, currency: str, prices: list[str], period) -
         notes = []
         for listed in applied.json()["credit_notes"]:
             note = (await client.get(f"/v1/credit-notes/{listed['id']}", headers=ADMIN)).json()
+            assert not (note["amount"].startswith("-") and Decimal(note["amount"]) == 0), note  # "0", not "-0"
             notes.append((note["kind"], *(Decimal(note[k]) for k in ("total", "amount", "amount_rounding"))))
         seen.append((notes, await _wallet(client, cid)))
     return seen
