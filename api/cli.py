@@ -469,6 +469,8 @@ def parser() -> argparse.ArgumentParser:
         dest="billing", required=True)
     close = billing.add_parser("close", help="close every billing period due and finalize its invoice "
                                "(safe while servers run the same job)")
+    # a close compares by "at or before T" (due, expired): a fraction finer than a microsecond is
+    # read as the last microsecond at or before it (instant), not the next (starting, for from-times)
     close.add_argument("--until", type=instant, metavar="T",
                        help="close what is due by this time (RFC 3339 with an offset; default: now)")
     close.add_argument("--early", action="store_true",

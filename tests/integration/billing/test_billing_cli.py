@@ -88,3 +88,27 @@ async def test_billing_close_that_could_not_close_a_period_says_so_and_exits_1(b
     assert code == 1
     assert out.splitlines() == ["INV-2026-000001  fine  2026-11  total 0.03  due 0.03", "closed 1 period(s)"]
     assert err.splitlines()[-1] == "error: 1 period(s) not closed: the period of stuck: refused for the test"
+
+
+async def test_a_billing_close_until_finer_than_a_microsecond_is_the_last_microsecond_at_or_before_it(
+        bk: BillingKit, scratch_url: str) -> None:
+    """A close runs at `until` and closes what is due by it: a period due at 01:00:00 (November's
+    end and the hour's grace window) closes at an `until` at or after it, and what the close dates
+    (the invoice's issued_at, its number's year) is at or before `until`. Times are kept to the
+    microsecond and the close compares them so (due: next_close_at <= until; a lot expired:
+    expires_at <= until), so a time finer than a microsecond reads as the last microsecond at or
+    before it, not the next (pricing.parse.rounded_up, for a time something takes effect from):
+    00:59:59.9999995 is 0.5 us before the period is due (01:00:00.000000): nothing closes (read as
+    the next microsecond, 01:00:00.000000, it would close the period before its time); at
+    01:00:00.0000005 it closes, issued 01:00:00.000000, not .000001, which is after `until`.
+    (Guard: the CLI read it so already, as the API's `until` does.)"""
+    cid = await bk.customer("cli-fine", billing_mode="postpaid")
+    await bk.event(cid, "model-a", 1000, 500)  # $0.03
+    code, out, err = await _close(scratch_url, "--until", "2026-12-01T00:59:59.9999995Z")
+    assert code == 0 and out.splitlines() == ["closed 0 period(s)"], (out, err)
+    code, out, err = await _close(scratch_url, "--until", "2026-12-01T01:00:00.0000005Z")
+    assert code == 0 and [line for line in out.splitlines() if "  cli-fine  " in line] == [
+        "INV-2026-000001  cli-fine  2026-11  total 0.03  due 0.03"], (out, err)
+    issued = await bk.db.read(lambda conn: conn.execute(text(
+        "SELECT finalized_at FROM invoices WHERE customer_id = 'cli-fine'")))
+    assert issued.scalar_one() == datetime(2026, 12, 1, 1, tzinfo=UTC)
