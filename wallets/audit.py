@@ -47,6 +47,8 @@ _OPTIONAL_SQL = """SELECT
                AND attname = 'new_rules' AND NOT attisdropped) AS adjustment_rules,  -- 0087
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('true_up_payers')
                AND attname = 'written' AND NOT attisdropped) AS true_up_payers_written,  -- 0085
+    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('true_up_charges')
+               AND attname = 'adjustment_seq' AND NOT attisdropped) AS true_up_charges_seq,  -- 0090
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
                AND attname = 'empty' AND NOT attisdropped) AS lots_empty,  -- 0072
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
@@ -670,11 +672,12 @@ async def invoices_tie_out(conn: AsyncConnection) -> Check:
 # already).
 _CLOSE_ROWS = f"""
     WITH per (token_type, per) AS (VALUES {_PER}),
-    records AS MATERIALIZED (  -- written: when the close wrote it (the re-rates before it, it counted)
-        SELECT lane, customer_id, period, rule_id, min(created_at) AS written FROM true_up_charges
+    records AS MATERIALIZED (  -- the re-rates before the close, it counted: those it numbered below
+                               -- (`seq`, 0090: their adjustments' ids), or dated before it (`written`)
+        SELECT lane, customer_id, period, rule_id, min(created_at) AS written, {{seq}} AS seq FROM true_up_charges
          WHERE rerate_id IS NULL GROUP BY 1, 2, 3, 4),
     standing AS (  -- what the rule's true-up stands at, wherever billed (the close's line and corrections)
-        SELECT r.lane, r.customer_id, r.period, r.rule_id, r.written, sum(x.amount) AS amount
+        SELECT r.lane, r.customer_id, r.period, r.rule_id, r.written, r.seq, sum(x.amount) AS amount
           FROM records r JOIN (
                SELECT customer_id, substr(item, 6)::jsonb AS l, amount FROM (
                    SELECT customer_id, item, amount FROM period_rollups
@@ -683,7 +686,7 @@ _CLOSE_ROWS = f"""
                 WHERE item LIKE 'line:["%","volume_true_up",%'
                   AND customer_id IN (SELECT customer_id FROM records)) x
             ON x.customer_id = r.customer_id AND x.l ->> 0 = r.period AND x.l ->> 4 = r.rule_id AND x.l -> 7 = 'null'
-         GROUP BY 1, 2, 3, 4, 5),
+         GROUP BY 1, 2, 3, 4, 5, 6),
     corrected AS (  -- what the re-rates corrected of it (old - new: given back), with or without an entry,
                     -- in the record's lane (another lane's entry of the customer is a forger's)
         SELECT lane, customer_id, u ->> 0 AS period, u ->> 1 AS rule_id,
@@ -697,7 +700,7 @@ _CLOSE_ROWS = f"""
          CROSS JOIN LATERAL jsonb_array_elements(r.t) u GROUP BY 1, 2, 3, 4),
     whole AS (  -- the close's own line of each rule: what stands less the corrections; its price on the
                 -- period's invoice (frozen at the close, which no correction had reached)
-        SELECT s.lane, s.customer_id, s.period, s.rule_id, s.written, -(s.amount + coalesce(f.back, 0)) AS back,
+        SELECT s.lane, s.customer_id, s.period, s.rule_id, s.written, s.seq, -(s.amount + coalesce(f.back, 0)) AS back,
                p.unit_price, p.token_type
           FROM standing s
           LEFT JOIN corrected f ON f.lane = s.lane AND f.customer_id = s.customer_id AND f.period = s.period
@@ -715,7 +718,7 @@ _CLOSE_ROWS = f"""
          WHERE j.kind = 'volume_true_up' AND j.metadata ? 'versions'
            AND (j.lane, j.customer_id) IN (SELECT lane, customer_id FROM records)),
     lines AS (  -- a line a rule (version NULL: each of its charges), or each version's of a split one
-        SELECT w.lane, w.customer_id, w.period, w.rule_id, w.written, coalesce(v.version, NULL) AS version,
+        SELECT w.lane, w.customer_id, w.period, w.rule_id, w.written, w.seq, coalesce(v.version, NULL) AS version,
                coalesce(v.back, w.back) AS back, coalesce(v.unit_price, w.unit_price) AS unit_price, w.token_type
           FROM whole w LEFT JOIN split v
             ON v.lane = w.lane AND v.customer_id = w.customer_id AND v.period = w.period AND v.rule_id = w.rule_id),
@@ -1024,10 +1027,15 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         # name already
         named = {problem.split(": ", 1)[0] for problem in problems}
         # the rules each charge's lines count for as the re-rates before the close left them (kept
-        # since 0087): written before its record
-        last = store.last_rules("a.created_at < k.written", kept=(await _schema(conn))["adjustment_rules"])
-        problems += [problem for problem, record in (await conn.execute(text(_CLOSE_ROWS.replace("{last}", last))))
-                     if record not in named]
+        # since 0087): written before its record, as the database numbered them (0090: the close's
+        # record takes the adjustments' next id, the lane's lock ordering the two), or, a record
+        # written before, as dated (the servers' clocks: one ahead put a re-rate after the close)
+        numbered = (await _schema(conn))["true_up_charges_seq"]
+        last = store.last_rules("CASE WHEN k.seq IS NULL THEN a.created_at < k.written ELSE a.id < k.seq END",
+                                kept=(await _schema(conn))["adjustment_rules"])
+        rows = _CLOSE_ROWS.replace("{last}", last).replace("{seq}", "min(adjustment_seq)" if numbered
+                                                                  else "NULL::bigint")
+        problems += [problem for problem, record in (await conn.execute(text(rows))) if record not in named]
     if (await _schema(conn))["true_up_payers"]:
         # a payer rows' sum that does not tie to a record the checks above name already (its rule's
         # rows damaged) is that damage again: named once

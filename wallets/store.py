@@ -508,9 +508,13 @@ _WRITES: dict[str, str] = {
                SELECT {lane}, r.rerate_id, r.customer_id, r.period, r.true_ups, r.created_at
                  FROM jsonb_to_recordset({p}::jsonb) AS r(rerate_id text, customer_id text, period text,
                       true_ups jsonb, created_at timestamptz)""",
+    # numbered once per statement from the adjustments' sequence (migration 0090): verify reads the
+    # re-rates a close counted as those whose adjustments' ids are below its record's, as the lane's
+    # lock orders them; their dates (the servers' clocks) put one 3 ms ahead after the close
     "true_up_charges": """INSERT INTO true_up_charges (lane, customer_id, period, rule_id, charge_id, rerate_id, units,
-                                                 created_at)
-               SELECT {lane}, r.customer_id, r.period, x.rule_id, x.charge_id, r.rerate_id, x.units, r.created_at
+                                                 created_at, adjustment_seq)
+               SELECT {lane}, r.customer_id, r.period, x.rule_id, x.charge_id, r.rerate_id, x.units, r.created_at,
+                      (SELECT nextval(pg_get_serial_sequence('charge_adjustments', 'id')))
                  FROM jsonb_to_recordset({p}::jsonb) AS r(customer_id text, period text, rerate_id text,
                       created_at timestamptz, rules text[], charges bigint[], units numeric[])
                 CROSS JOIN LATERAL unnest(r.rules, r.charges, r.units) AS x(rule_id, charge_id, units)""",

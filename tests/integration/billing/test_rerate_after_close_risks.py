@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+from alembic import command
 from billing_kit import BillingKit
 from sqlalchemy import text
 from test_close_true_up_funding import _damaged
@@ -128,6 +129,29 @@ async def test_a_re_rate_before_the_close_of_a_rule_whose_lines_would_cancel(bk:
     await _verified(bk)
 
 
+async def test_verify_orders_a_re_rate_before_the_close_by_the_database_not_by_servers_whose_clocks_differ(
+        bk: BillingKit) -> None:
+    """The re-rate above applied just before the close (both on December 1st, as the period came
+    due at 01:00), by a server whose clock reads 3 ms ahead of the closing server's: the re-rate's
+    rows are dated 01:00:00.004, the close's 01:00:00.001, though written before them. The close
+    counted the 5th under `in-b`, as the re-rate left it: `in`'s true-up -$1.00, the 20th's, as in
+    the case above; the re-rate's -$0.50, dated December 1st, is billed in December: November $5.00
+    + $3.00 - $1.00 = $7.00, the lots $0.50 and $8.00 as above. verify read the re-rates before the close by their dates
+    (created_at < the close record's), took this one for after it, read the 5th under `in` as
+    charged (v1 $5.00 less 500,000 at $2/M: $4.00 over, first by id) and named a healthy ledger:
+    'charge <5th> gave back 0 where ... is 1000000000' and 'charge <20th> gave back 1000000000
+    where ... is 0'. It orders them as the database wrote them now."""
+    from datetime import timedelta
+
+    cid = "cancel-before-skewed"
+    grant, topup = await _cancelling(bk, cid)
+    assert (await _rerated(bk, cid, "v3", V3, CLOSED + timedelta(milliseconds=4)))["delta"] == "-0.50"
+    await bk.close(CLOSED + timedelta(milliseconds=1))
+    [november] = await bk.invoices(cid)
+    assert (november["total"], await _remaining(bk, cid, grant, topup)) == ("7.00", (50 * CENT, 800 * CENT))
+    await _verified(bk)
+
+
 async def _closed_after_v3(bk: BillingKit, cid: str) -> None:
     """`_cancelling`, November 1st-15th re-rated to v3 on November 25th, closed; verify ok."""
     await _cancelling(bk, cid)
@@ -157,6 +181,30 @@ async def test_verify_names_a_close_s_record_moved_to_the_charge_a_re_rate_befor
         f"line's 0 left) is 0",  # no charge of the rule: nothing of the line is its
         f"{record}: charge {twentieth} gave back 0 where its overcharge at the tier reached (up to what the "
         f"line's {100 * CENT} left) is {100 * CENT}"]
+
+
+async def test_migration_0090_numbers_the_records_after_it_and_verify_reads_those_before_by_their_dates(
+        bk: BillingKit, migrating) -> None:
+    """Migration 0090 on a database with a close's record written before it: `_closed_after_v3` (the
+    re-rate on November 25th, the close December 1st, 01:00: verify ok), moved down to 0089 (no
+    number: verify reads the re-rates before the close by their dates, as it did) and up again to
+    head: the record keeps no number (NULL), verify ok at 0089 and after. A close written after it
+    (the same case, another customer) numbers its record from the adjustments' sequence: above the
+    ids of the re-rate's adjustments written before it; verify ok."""
+    conn, config = migrating
+    await _closed_after_v3(bk, "cancel-0089")
+    command.downgrade(config, "0089")
+    conn.commit()
+    await _verified(bk)
+    command.upgrade(config, "head")
+    conn.commit()
+    await _verified(bk)
+    numbered = ("SELECT t.adjustment_seq, (SELECT max(a.id) FROM charge_adjustments a WHERE a.customer_id = :c) "
+                "FROM true_up_charges t WHERE t.customer_id = :c AND t.rerate_id IS NULL")
+    assert {seq for seq, _ in conn.execute(text(numbered), {"c": "cancel-0089"})} == {None}
+    await _closed_after_v3(bk, "cancel-0090")
+    [(seq, adjusted)] = set(conn.execute(text(numbered), {"c": "cancel-0090"}).all())
+    assert seq > adjusted, (seq, adjusted)
 
 
 V4 = _in("10", "8")  # v4 (from November 2nd): `in` again, as v1 prices it
