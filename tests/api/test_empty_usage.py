@@ -127,6 +127,62 @@ async def test_a_usage_event_whose_usage_is_refused_under_a_kept_event_id_is_ref
     assert (await client.get(f"/v1/customers/{customer}/wallet")).json()["available"] == "9.99"
 
 
+async def test_a_usage_event_refused_for_its_rating_under_a_kept_event_id_is_told_it_conflicts(client, tag):
+    """Guard (passed before). Rating refusals depend on the price book and the customer at the time,
+    not on the body alone, so another body under a kept event id is idempotency_conflict whatever
+    its rating says: the id is spent for good, and a client told unpriced_model, once a price is
+    added, would be told the conflict. Customer C (prepaid, $10.00, max_charge_per_request $1.00,
+    a book pricing model-a at $10.00 per 1M input): event e, 1,000 input tokens of model-a, $0.01,
+    accepted. Then e with model-zzz (no rule prices it) and e with 200,000 input tokens (200,000 x
+    $10/M = $2.00 > $1.00) are idempotency_conflict; the same bodies under new ids n1 and n2 are
+    unpriced_model and implausible_usage; e as sent is a duplicate. A version pricing model-zzz
+    too (from an hour ago, before the events' time): e with model-zzz is still idempotency_conflict,
+    n1 is accepted (1,000 x $10/M = $0.01). 10.00 - 0.01 - 0.01 = 9.98 available."""
+    cid = await book_customer(client, f"rated-{tag}", billing="prepaid", max_charge_per_request="1.00")
+    assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "10.00"})).status_code == 201
+    now = datetime.now(UTC)
+    event = {"event_id": f"e-{tag}", "customer_id": cid, "model": "model-a", "usage": {"input_tokens": 1000},
+             "timestamp": (now - timedelta(minutes=5)).isoformat().replace("+00:00", "Z")}
+    unpriced, implausible = {"model": "model-zzz"}, {"usage": {"input_tokens": 200_000}}
+    first = await client.post("/v1/usage-events", json=[event])
+    assert first.json() == {"accepted": 1, "duplicates": 0, "rejected": []}, first.text
+
+    async def sent(*events: dict) -> tuple[int, int, list[tuple[int, str]]]:
+        body = (await client.post("/v1/usage-events", json=list(events))).json()
+        return body["accepted"], body["duplicates"], [(r["index"], r["code"]) for r in body["rejected"]]
+
+    assert await sent({**event, **unpriced}, {**event, **implausible}, {**event, "event_id": f"n1-{tag}", **unpriced},
+                      {**event, "event_id": f"n2-{tag}", **implausible}, event) == (
+        0, 1, [(0, "idempotency_conflict"), (1, "idempotency_conflict"), (2, "unpriced_model"),
+               (3, "implausible_usage")])
+    version = {"id": cid, "currency": "USD", "effective_from": (now - timedelta(hours=1)).isoformat(),
+               "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"},
+                         {"id": "zzz", "model": "model-zzz", "token_type": "input", "price": "10.00"}]}
+    assert (await client.post("/v1/price-books", json=version)).status_code == 201
+    assert await sent({**event, **unpriced}, {**event, "event_id": f"n1-{tag}", **unpriced}) == (
+        1, 0, [(0, "idempotency_conflict")])
+    assert (await client.get(f"/v1/customers/{cid}/wallet")).json()["available"] == "9.98"
+
+
+async def test_a_settle_refused_for_its_rating_under_another_settle_s_key_is_told_it_conflicts(client, tag):
+    """Guard (passed before), the settle's twin of the above: a $0.50 hold settled (not final) under
+    key k with 1,000 input tokens ($0.01); under k, 200,000 input tokens (200,000 x $10/M = $2.00,
+    past the customer's $1.00 max_charge_per_request) is 409 idempotency_conflict, and without a
+    key 422 implausible_usage. The hold charged $0.01 once."""
+    cid = await book_customer(client, f"rated-s-{tag}", billing="prepaid", max_charge_per_request="1.00")
+    assert (await client.post(f"/v1/customers/{cid}/topups", json={"amount": "10.00"})).status_code == 201
+    held = await client.post("/v1/reservations", json={"customer_id": cid, "request_id": f"r-{tag}",
+                                                       "model": "model-a", "amount": "0.50"})
+    path, key = f"/v1/reservations/{held.json()['id']}/settle", {"Idempotency-Key": f"k-{tag}"}
+    first = await client.post(path, json={"usage": {"input_tokens": 1000}, "final": False}, headers=key)
+    assert first.status_code == 200, first.text
+    past = {"usage": {"input_tokens": 200_000}, "final": False}
+    answers = [await client.post(path, json=past, headers=headers) for headers in (key, {})]
+    assert [(a.status_code, a.json()["code"]) for a in answers] == [
+        (409, "idempotency_conflict"), (422, "implausible_usage")], [a.text for a in answers]
+    assert (await client.get(f"/v1/reservations/{held.json()['id']}")).json()["charged"] == "0.01"
+
+
 GEMINI_SNAKE = {"prompt_token_count": 1000, "candidates_token_count": 500, "total_token_count": 1500}
 
 
