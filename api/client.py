@@ -183,6 +183,7 @@ class ReserveOptions(TypedDict, total=False):
     max_output_tokens: int
     ttl_seconds: int
     dimensions: Mapping[str, str] | None
+    cache_ttl: str | None
 
 
 class _Base:
@@ -265,10 +266,11 @@ class _Base:
 
     def reserve_body(self, customer: str, model: str, *, request_id: str | None = None, messages: Any = None,
                      prompt: str | None = None, input_tokens: int | None = None, max_output_tokens: int = 0,
-                     ttl_seconds: int = 300, dimensions: Mapping[str, str] | None = None) -> dict[str, Any]:
+                     ttl_seconds: int = 300, dimensions: Mapping[str, str] | None = None,
+                     cache_ttl: str | None = None) -> dict[str, Any]:
         return reserve_request(customer, model, request_id=request_id, messages=messages, prompt=prompt,
                                input_tokens=input_tokens, max_output_tokens=max_output_tokens,
-                               ttl_seconds=ttl_seconds, dimensions=dimensions)
+                               ttl_seconds=ttl_seconds, dimensions=dimensions, cache_ttl=cache_ttl)
 
 
 class _Pending:

@@ -391,10 +391,14 @@ def gone_hold(reservation: Mapping[str, Any]) -> ReservationClosed | None:
 
 def reserve_request(customer: str, model: str, *, request_id: str | None, messages: Any, prompt: str | None,
                     input_tokens: int | None, max_output_tokens: int, ttl_seconds: int,
-                    dimensions: Mapping[str, str] | None) -> dict[str, Any]:
+                    dimensions: Mapping[str, str] | None, cache_ttl: str | None = None) -> dict[str, Any]:
+    """A reserve's body; `cache_ttl` ("5m", "1h"): the call writes its prompt to the provider's
+    cache for that long (its hold and its settle's cache writes at that price; sent only when given)."""
     given = [x is not None for x in (messages, prompt, input_tokens)]
     if sum(given) != 1:
         raise ValueError("give exactly one of messages=, prompt= or input_tokens=")
+    if cache_ttl not in (None, "5m", "1h"):
+        raise ValueError(f'cache_ttl=...: "5m" or "1h" (the provider\'s cache_control ttl), not {cache_ttl!r}')
     estimate: dict[str, Any] = {"max_output_tokens": max_output_tokens}
     if messages is not None:
         estimate["messages"] = list(messages)
@@ -403,7 +407,8 @@ def reserve_request(customer: str, model: str, *, request_id: str | None, messag
     else:
         estimate["input_tokens"] = input_tokens
     return {"customer_id": customer, "request_id": request_id or f"req_{uuid.uuid4().hex}", "model": model,
-            "ttl_seconds": ttl_seconds, "estimate": estimate, "dimensions": dict(dimensions or {})}
+            "ttl_seconds": ttl_seconds, "estimate": estimate, "dimensions": dict(dimensions or {}),
+            **({"cache_ttl": cache_ttl} if cache_ttl is not None else {})}
 
 
 def given_key(key: str | None) -> str | None:

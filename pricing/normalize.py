@@ -38,6 +38,8 @@ from pricing.errors import InvalidUsageError, field_error
 from pricing.units import FIELD_OF, FORMAT_1_TYPES, TYPE_OF_FIELD
 from pricing.usage import MAX_QUANTITY, check_count
 
+# the cache writes an Anthropic usage gives in all but not by TTL (NormalizedUsage.unsplit_cache_writes)
+UNSPLIT = "cache_writes_unsplit"
 CANONICAL_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
                     "reasoning_tokens")
 # the format 2 types, and tool_tokens (format 1's `tool`: tokens the caller counts apart from its input)
@@ -83,6 +85,11 @@ class NormalizedUsage:
         counts = {_TOKEN_TYPE_OF[n]: getattr(self, n) for n in CANONICAL_FIELDS}
         counts.update(self.extra)
         return {t: v for t, v in counts.items() if v}
+
+    @property
+    def unsplit_cache_writes(self) -> int:
+        """Cache writes the usage counts in all but not by TTL (Anthropic's), taken as 5-minute ones."""
+        return dict(self.details).get(UNSPLIT, 0)
 
     def dimensions(self) -> dict[str, str]:
         """What the usage itself says about the price: its service tier, where it ran."""
@@ -257,7 +264,8 @@ def normalize_anthropic(usage: Mapping[str, Any]) -> NormalizedUsage:
             write = five + hour
         # more writes than their split: the anthropic package's accumulated stream usage, whose
         # total message_delta raised past message_start's split; the added ones are 5-minute writes
-        # (the call's TTL unknown here), as cache_write is write - hour below
+        # (the call's TTL unknown here), as cache_write is write - hour below, and named
+        # `cache_writes_unsplit`: a settle whose reservation names its TTL takes them at it
         r.check(five + hour <= write, "cache_creation",
                 "ephemeral_5m + ephemeral_1h must not exceed cache_creation_input_tokens")
     thinking = r.part(out, r.count("output_tokens_details", "thinking_tokens"),
@@ -265,7 +273,8 @@ def normalize_anthropic(usage: Mapping[str, Any]) -> NormalizedUsage:
     counts = {"input": inp, "cached_input": read, "cache_write": write - hour, "cache_write_1h": hour,
               "output": out - thinking, "reasoning": thinking,
               "web_search": r.count("server_tool_use", "web_search_requests")}
-    details = {"web_fetch_requests": r.count("server_tool_use", "web_fetch_requests")}
+    details = {"web_fetch_requests": r.count("server_tool_use", "web_fetch_requests"),
+               UNSPLIT: write - five - hour}  # no split at all (no cache_creation): every write
     return _result(r, "anthropic", counts, r.tier("service_tier"), details, r.tier("inference_geo"))
 
 

@@ -8,6 +8,7 @@ from typing import Any, TypeVar
 
 from pricing.errors import InvalidUsageError
 from pricing.normalize import (
+    UNSPLIT,
     normalize_anthropic,
     normalize_canonical,
     normalize_gemini,
@@ -78,6 +79,8 @@ def usage_tokens(usage: Mapping[str, Any] | None, openai_usage: Mapping[str, Any
     stored = {"source": name, "reported": dict(value), "canonical": normalized.as_usage_fields()}
     if normalized.dimensions():  # the provider's word on the tier (and where it ran) prices it
         stored["dimensions"] = normalized.dimensions()
+    if normalized.unsplit_cache_writes:  # taken at the TTL the reservation names (its settle)
+        stored[UNSPLIT] = normalized.unsplit_cache_writes
     return normalized.token_counts(), stored
 
 

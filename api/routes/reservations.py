@@ -58,6 +58,10 @@ class CreateReservationRequest(msgspec.Struct, forbid_unknown_fields=True):  # a
     estimate: Annotated[dict[str, Any], json_object(ESTIMATE)] | None = None
     amount: Amount | None = None
     dimensions: Dimensions = {}
+    cache_ttl: Annotated[Literal["5m", "1h"], msgspec.Meta(description=(
+        "The call writes its prompt to the provider's cache for this long (Anthropic's cache_control "
+        "ttl): its hold prices the prompt at that cache write price where dearer than input, and its "
+        "settle takes the cache writes its usage gives in all but not by TTL at it"))] | None = None
 
 
 class ReservationResponse(msgspec.Struct):
@@ -163,6 +167,7 @@ def _extended(result: ExtendResult) -> ExtendResponse:
 RESERVED, SETTLED, RELEASED = Answer(_reserved, ReserveResult), Answer(_settled, SettleResult), \
     Answer(_released, ReleaseResult)
 EXTENDED = Answer(_extended, ExtendResult)
+CACHE_WRITES = {"5m": "cache_write", "1h": "cache_write_1h"}  # a reserve's cache_ttl: the writes' rating type
 
 
 @guarded_post("/v1/reservations", guards=[require("inference")], tags=["reservations"], status_code=201,
@@ -179,15 +184,21 @@ async def create_reservation(
     if (data.estimate is None) == (data.amount is None):
         raise WalletValidationError("estimate", "give either estimate or amount")
     prepared = prepare_estimate(data.model, data.estimate) if data.estimate is not None else None
+    body = msgspec.to_builtins(data)
+    if data.cache_ttl is None:  # bodies sent before cache_ttl existed hash as they did: their replays match
+        del body["cache_ttl"]
+    write = CACHE_WRITES.get(data.cache_ttl)  # kept in its estimate, which its settle reads (at_cache_ttl)
+    estimate = {**(prepared.stored if prepared else {}), **({"prompt_cache_write": write} if write else {})}
     command = Reserve(
         customer_id=data.customer_id, request_id=data.request_id, model=data.model,
-        request_hash=request_hash(msgspec.to_builtins(data)), ttl_seconds=data.ttl_seconds,
+        request_hash=request_hash(body), ttl_seconds=data.ttl_seconds,
         amount=amount_in(data.amount, "amount", positive=False) if data.amount is not None else None,
         prompt_tokens=prepared.prompt_tokens if prepared else None,
         max_output_tokens=prepared.max_output_tokens if prepared else None,
         dimensions=key_dimensions(principal_of(request), data.dimensions),
-        estimate=prepared.stored if prepared else None,
-        idem=idempotency(request, data))
+        estimate=estimate or None, prompt_cache_write=write,
+        premiums=("cache_write_1h",) if write == "cache_write_1h" else (),  # its book must price it (premium)
+        idem=idempotency(request, body))
     return respond(request, await services_of(request).wallets.submit(command), RESERVED)
 
 

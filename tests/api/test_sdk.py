@@ -24,6 +24,7 @@ from api.client import (
     InsufficientFunds,
     ReservationClosed,
     UnpricedModel,
+    ValidationFailed,
 )
 from api.demo import PRICE_BOOK, streamed_text
 from pricing.tokens import TokenCounter
@@ -161,6 +162,19 @@ GROWN_WRITES_STREAM = b"".join([
     _sse("message_stop", {"type": "message_stop"})])
 
 
+def cache_book() -> dict[str, Any]:
+    """A format 2 book: $0.01 a call; per 1M, $10 input, $1 cache reads, $12.50 5-minute and $20
+    one-hour cache writes, $20 output."""
+    return {"id": f"sdk-cache-{uuid.uuid4().hex[:8]}", "format": 2, "currency": "USD",
+            "effective_from": "2026-01-01T00:00:00Z",
+            "rules": [{"id": "call", "token_type": "request", "price": "0.01"},
+                      {"id": "in", "token_type": "input", "price": "10.00"},
+                      {"id": "read", "token_type": "cached_input", "price": "1.00"},
+                      {"id": "write", "token_type": "cache_write", "price": "12.50"},
+                      {"id": "write-1h", "token_type": "cache_write_1h", "price": "20.00"},
+                      {"id": "out", "token_type": "output", "price": "20.00"}]}
+
+
 def test_the_anthropic_packages_accumulated_stream_usage_with_cache_writes_grown_is_charged_them(live):
     """The anthropic package's MessageStream takes message_delta's cumulative
     cache_creation_input_tokens (80) over message_start's (50) but keeps message_start's split
@@ -172,14 +186,7 @@ def test_the_anthropic_packages_accumulated_stream_usage_with_cache_writes_grown
     $12.50/M = 0.001 (30 of them at the one-hour $20/M would be 0.001225), 40 out at $20/M =
     0.0008, $0.01 a call: 0.0269, each; the $10.00 top-up less two is 9.9462."""
     url, _ = live
-    book = {"id": f"sdk-cache-{uuid.uuid4().hex[:8]}", "format": 2, "currency": "USD",
-            "effective_from": "2026-01-01T00:00:00Z",
-            "rules": [{"id": "call", "token_type": "request", "price": "0.01"},
-                      {"id": "in", "token_type": "input", "price": "10.00"},
-                      {"id": "read", "token_type": "cached_input", "price": "1.00"},
-                      {"id": "write", "token_type": "cache_write", "price": "12.50"},
-                      {"id": "write-1h", "token_type": "cache_write_1h", "price": "20.00"},
-                      {"id": "out", "token_type": "output", "price": "20.00"}]}
+    book = cache_book()
     cid = f"c-{uuid.uuid4().hex[:10]}"
     # the anthropic package's own stream over that answer (its HTTP package is httpx2, httpx's successor)
     claude = anthropic.Anthropic(api_key="sk-test", base_url="http://anthropic.test", http_client=httpx2.Client(
@@ -201,6 +208,43 @@ def test_the_anthropic_packages_accumulated_stream_usage_with_cache_writes_grown
             lines = {line["token_type"]: line["quantity"] for line in charge["lines"]}
             assert lines == {"input": 1500, "cached_input": 100, "cache_write": 80, "output": 40, "request": 1}
         assert available(tt, cid) == Decimal("10") - 2 * Decimal("0.0269") == Decimal("9.9462")
+
+
+def test_cache_writes_past_their_split_are_charged_at_the_ttl_the_reserve_names(live):
+    """The same grown usage (80 writes, split 50 five-minute + 0 one-hour by message_start) of a
+    call that caches for an hour, its reserve saying so (`cache_ttl: "1h"`, the SDK's
+    reserve(cache_ttl="1h") and the HTTP body alike). Was: the 30 writes past the split charged at
+    the 5-minute $12.50/M, below Anthropic's one-hour price (no way to tell the TTL: the field was
+    refused, 422). Now at the one-hour $20/M. By hand: 1,500 in at $10/M = 0.015, 100 read at $1/M
+    = 0.0001, 50 written at $12.50/M = 0.000625, 30 at $20/M = 0.0006, 40 out at $20/M = 0.0008,
+    $0.01 a call: 0.027125 each; $10.00 - 2 x 0.027125 = 9.94575. The hold prices the prompt at
+    the one-hour write price (dearer than input): (2,000 + 500) x $20/M + 0.01 = 0.06."""
+    url, _ = live
+    book = cache_book()
+    cid = f"c-{uuid.uuid4().hex[:10]}"
+    usage = {"input_tokens": 1500, "cache_read_input_tokens": 100, "cache_creation_input_tokens": 80,
+             "cache_creation": {"ephemeral_5m_input_tokens": 50, "ephemeral_1h_input_tokens": 0},
+             "output_tokens": 40}
+    with Client(url, ADMIN) as tt:
+        tt.post("/v1/price-books", book)
+        tt.post("/v1/customers", {"id": cid, "name": "SDK", "currency": "USD", "price_book": book["id"]})
+        tt.post(f"/v1/customers/{cid}/topups", {"amount": "10.00"})
+        with tt.reserve(cid, "model-a", input_tokens=2000, max_output_tokens=500, cache_ttl="1h") as r:
+            assert Decimal(r.data["amount"]) == Decimal("0.06")
+            r.record(anthropic_usage=usage)
+        body = tt.reserve_body(cid, "model-a", input_tokens=2000, max_output_tokens=500)
+        held = tt.post("/v1/reservations", {**body, "cache_ttl": "1h"})
+        assert Decimal(held["amount"]) == Decimal("0.06")
+        settled = tt.settle(held["id"], anthropic_usage=usage)
+        for charge in (r.settlement, settled):
+            assert Decimal(charge["charged"]) == Decimal("0.027125")
+            lines = {line["token_type"]: line["quantity"] for line in charge["lines"]}
+            assert lines == {"input": 1500, "cached_input": 100, "cache_write": 50, "cache_write_1h": 30,
+                             "output": 40, "request": 1}
+        assert available(tt, cid) == Decimal("10") - 2 * Decimal("0.027125") == Decimal("9.94575")
+        with pytest.raises(ValidationFailed) as refused:
+            tt.post("/v1/reservations", {**body, "request_id": f"req-{uuid.uuid4().hex}", "cache_ttl": "2h"})
+        assert refused.value.status == 422
 
 
 def test_a_dropped_connection_during_settle_is_retried_and_charges_once(live, customer):

@@ -1,6 +1,7 @@
 """The reservation rules: reserve, settle (captures), release, extension and expiry, as pure decisions."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ from pricing.estimate import (
     reportable_variants,
 )
 from pricing.money import format_money
+from pricing.normalize import UNSPLIT
 from wallets import chart
 from wallets.core import budgets, idempotency
 from wallets.core.commands import MAX_TTL_SECONDS, Extend, Release, Reserve, Settle
@@ -297,12 +299,13 @@ def settle(state: State, cmd: Settle, now: datetime, book: PriceBook | None) -> 
             why = "" if cmd.final else ": a capture after the close is charged by its capture_id, and this one has none"
             raise ReservationClosedError(f"reservation {r.id} is already {r.status}{why}", reservation_id=r.id,
                                          reservation_status=r.status)
-    rating = rate_call(w, book, state.period_usage, r.model, cmd.tokens, r.created_at, r.dimensions,
-                       with_request_fee=r.captures == 0, reported=cmd.usage)
+    tokens, usage = at_cache_ttl(r, cmd.tokens, cmd.usage)
+    rating = rate_call(w, book, state.period_usage, r.model, tokens, r.created_at, r.dimensions,
+                       with_request_fee=r.captures == 0, reported=usage)
     too_big = unpostable(rating.total_units, currency, "usage")  # no posting carries it: forcing cannot help
     if too_big is not None:
         return Decision.refuse(too_big)  # nothing charged: the hold stays as it is
-    problem = implausibility(w, book_for(w, book).version_at(r.created_at), rating, cmd.tokens, r.charged)
+    problem = implausibility(w, book_for(w, book).version_at(r.created_at), rating, tokens, r.charged)
     if problem is not None and cmd.forced_by is None:
         return Decision.refuse(problem)  # nothing charged: the hold stays as it is
     forced = {} if problem is None else {"forced": {"by": cmd.forced_by, **problem.context}}
@@ -314,7 +317,7 @@ def settle(state: State, cmd: Settle, now: datetime, book: PriceBook | None) -> 
     lines = charge_lines(rating, override_version(w, r.created_at))
     charge = ChargeRecorded(
         w.customer.id, r.id, None, r.request_id, r.captures, cmd.capture_id, cmd.final, cmd.request_hash, r.model,
-        r.created_at, {**cmd.usage, **forced}, r.dimensions, rating.book_id, rating.price_version, tuple(lines),
+        r.created_at, {**usage, **forced}, r.dimensions, rating.book_id, rating.price_version, tuple(lines),
         s.cost, s.from_hold, s.from_lots_total, s.from_receivable, s.released, funding(w, r, s))
     counted = UsageCounted(w.customer.id, billing_period(r.created_at, w.customer), rating.book_id,
                            period_counts(rating))
@@ -329,8 +332,30 @@ def settle(state: State, cmd: Settle, now: datetime, book: PriceBook | None) -> 
                                  released, r.charged + s.cost, r.captures + 1, closed_at)
     result = SettleResult(r.id, status, s.cost, s.released, lines, rating.book_id, rating.price_version, False,
                           currency, posted.key if posted else None)
-    spent = budgets.on_settle(state, w, r, s.cost, cmd.tokens, cmd.final, now)
+    spent = budgets.on_settle(state, w, r, s.cost, tokens, cmd.final, now)
     return Decision(Outcome(result.code, result), posted, (charge, counted, changed, *spent))
+
+
+def at_cache_ttl(r: Reservation, tokens: Mapping[str, int],
+                 usage: Mapping[str, Any]) -> tuple[Mapping[str, int], Mapping[str, Any]]:
+    """A settle's counts with the cache writes its usage gave in all but not by TTL (`UNSPLIT`:
+    normalized as 5-minute writes) taken at the TTL the reservation names, where it names one
+    hour (its estimate's `prompt_cache_write`: the gateway's, or an HTTP reserve's `cache_ttl`):
+    Anthropic bills them at the one-hour price, twice input where 5 minutes are 1.25 times. The
+    stored canonical usage says so too, which a re-rate reads."""
+    unsplit = usage.get(UNSPLIT) if isinstance(usage, Mapping) else None
+    moved = min(unsplit, tokens.get("cache_write", 0)) if type(unsplit) is int and unsplit > 0 else 0
+    if not moved or (r.estimate or {}).get("prompt_cache_write") != "cache_write_1h":
+        return tokens, usage
+    counts = {**tokens, "cache_write": tokens["cache_write"] - moved,
+              "cache_write_1h": tokens.get("cache_write_1h", 0) + moved}
+    counts = {t: v for t, v in counts.items() if v}
+    canonical = usage.get("canonical")
+    if isinstance(canonical, Mapping):
+        canonical = {**canonical, "cache_write_tokens": counts.get("cache_write", 0),
+                     "cache_write_1h_tokens": counts["cache_write_1h"]}
+        usage = {**usage, "canonical": canonical}
+    return counts, usage
 
 
 def give_back(w: Wallet, r: Reservation, status: str, kind: str, now: datetime) -> Decision:
