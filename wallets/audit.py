@@ -846,30 +846,54 @@ _PAYER_ROWS = f"""
 # each account, the rows over every charge are at most what the entry credited it (and, for a lot
 # closed before the close, what it gave where that lot's money went: its `closed_lots`; an entry
 # written before it kept them, all it credited promotions and breakage, where it went). The entry
-# gives each payer its rows and its share of what no charge's part took (a rule's rest), so a row
-# moved by hand to another payer of the charge, or made larger where another of it is made smaller,
-# gives that payer more than it was posted, which the per-charge sums and the bounds by what each
-# paid take for right. Not of the rounding account (its rows are no posting), nor of a re-rate's
-# rows (its entry's postings to a payer also carry the charges' own decreases and increases).
+# gives each payer its rows and its share of what no charge's part took (a rule's rest, a part no
+# payer of its charge could take), so a row moved by hand to another payer of the charge, or made
+# larger where another of it is made smaller, gives that payer more than it was posted, which the
+# per-charge sums and the bounds by what each paid take for right. And at least what the entry
+# posted it less all the entry posted beyond every payer's rows (what it credited, the revenue and
+# rounding accounts aside, less the rows; a payer's share of it is at most all of it), so the payer
+# whose row was made smaller is named too: exactly what it was posted where the entry posted nothing
+# beyond the rows (where it did, a row moved within a payer's share of it is not seen: that share is
+# not kept). Not of an entry written before `closed_lots` that credited promotions or breakage (what
+# it posted each payer is not known then), nor of the rounding account (its rows are no posting),
+# nor of a re-rate's rows (its entry's postings to a payer also carry the charges' own decreases and
+# increases). Second column: the payer.
 _CLOSE_PAYERS = f"""
-    SELECT format('true-up record of the close of customer %s, %s: its payers'' rows give %s %s back, its entry '
-                  'posted it %s', r.customer_id, r.period, r.payer, r.units, x.posted)
-      FROM (SELECT lane, customer_id, period, payer, sum(units) AS units FROM true_up_payers
-             WHERE rerate_id IS NULL AND payer IS NOT NULL AND payer NOT LIKE {_literal(chart.rounding_account('%'))}
-             GROUP BY 1, 2, 3, 4) r
-      LEFT JOIN journal_entries j ON j.key = 'true-up:' || r.customer_id || ':' || r.period AND j.lane = r.lane
-       AND j.kind = 'volume_true_up'
-     CROSS JOIN LATERAL (
-           SELECT coalesce(-sum(p.amount) FILTER (WHERE p.amount < 0 AND a.code = r.payer), 0)
-                  + CASE WHEN j.metadata ? 'closed_lots'
-                         THEN coalesce((j.metadata -> 'closed_lots' ->> r.payer)::numeric, 0)
-                         ELSE coalesce(-sum(p.amount) FILTER (WHERE p.amount < 0 AND a.code <> r.payer), 0)
-                    END AS posted
-             FROM postings p JOIN accounts a ON a.id = p.account_id
-            WHERE p.lane = j.lane AND p.entry_id = j.id
-              AND (a.code = r.payer OR a.code LIKE {_literal(chart.promotions_account('%'))}
-                   OR a.code LIKE {_literal(chart.breakage_account('%'))})) x
-     WHERE r.units > x.posted
+    SELECT CASE WHEN r.units > r.posted
+                THEN format('true-up record of the close of customer %s, %s: its payers'' rows give %s %s back, its '
+                            'entry posted it %s', r.customer_id, r.period, r.payer, r.units, r.posted)
+                ELSE format('true-up record of the close of customer %s, %s: its payers'' rows give %s %s back, its '
+                            'entry posted it %s (%s beyond every payer''s rows)', r.customer_id, r.period, r.payer,
+                            r.units, r.posted, r.beyond) END, r.payer
+      FROM (SELECT r.*, x.posted, e.exact,
+                   e.credited - sum(r.units) OVER (PARTITION BY r.lane, r.customer_id, r.period) AS beyond
+              FROM (SELECT lane, customer_id, period, payer, sum(units) AS units FROM true_up_payers
+                     WHERE rerate_id IS NULL AND payer IS NOT NULL
+                       AND payer NOT LIKE {_literal(chart.rounding_account('%'))}
+                     GROUP BY 1, 2, 3, 4) r
+              LEFT JOIN journal_entries j ON j.key = 'true-up:' || r.customer_id || ':' || r.period
+               AND j.lane = r.lane AND j.kind = 'volume_true_up'
+             CROSS JOIN LATERAL (
+                   SELECT coalesce(-sum(p.amount) FILTER (WHERE p.amount < 0 AND a.code = r.payer), 0)
+                          + CASE WHEN j.metadata ? 'closed_lots'
+                                 THEN coalesce((j.metadata -> 'closed_lots' ->> r.payer)::numeric, 0)
+                                 ELSE coalesce(-sum(p.amount) FILTER (WHERE p.amount < 0 AND a.code <> r.payer), 0)
+                            END AS posted
+                     FROM postings p JOIN accounts a ON a.id = p.account_id
+                    WHERE p.lane = j.lane AND p.entry_id = j.id
+                      AND (a.code = r.payer OR a.code LIKE {_literal(chart.promotions_account('%'))}
+                           OR a.code LIKE {_literal(chart.breakage_account('%'))})) x
+             CROSS JOIN LATERAL (  -- all it credited but revenue and rounding; whether `posted` is exact
+                   SELECT coalesce(-sum(p.amount) FILTER (WHERE p.amount < 0), 0) AS credited,
+                          coalesce(j.metadata ? 'closed_lots', false) OR NOT coalesce(bool_or(
+                              p.amount < 0 AND (a.code LIKE {_literal(chart.promotions_account('%'))}
+                                                OR a.code LIKE {_literal(chart.breakage_account('%'))})), false)
+                              AS exact
+                     FROM postings p JOIN accounts a ON a.id = p.account_id
+                    WHERE p.lane = j.lane AND p.entry_id = j.id
+                      AND a.code NOT LIKE {_literal(chart.revenue_account('%'))}
+                      AND a.code NOT LIKE {_literal(chart.rounding_account('%'))}) e) r
+     WHERE r.units > r.posted OR (r.exact AND r.units < r.posted - r.beyond)
      ORDER BY r.customer_id, r.period, r.payer"""
 
 
@@ -1042,12 +1066,17 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         named = {problem.split(": ", 1)[0].split(" rule ", 1)[0] for problem in problems}
         # below 0085 no row is numbered: the database's clock alone orders them
         written = "p.written" if (await _schema(conn))["true_up_payers_written"] else "NULL::bigint AS written"
-        problems += [problem for problem, tie in (await conn.execute(text(_PAYER_ROWS.replace("{written}", written))))
-                     if not (tie and problem.split(": ", 1)[0] in named)]
-        # a close's rows that give a payer more than its entry posted it, of a record not named already
-        named |= {problem.split(": ", 1)[0] for problem in problems}
-        problems += [problem for problem in (await conn.execute(text(_CLOSE_PAYERS))).scalars()
-                     if problem.split(": ", 1)[0] not in named]
+        payer_rows = [(problem, tie) for problem, tie in
+                      (await conn.execute(text(_PAYER_ROWS.replace("{written}", written))))
+                      if not (tie and problem.split(": ", 1)[0] in named)]
+        problems += [problem for problem, _ in payer_rows]
+        # a close's rows that give a payer more or less than its entry posted it, of a record not
+        # named already (a payer the bound by what it paid names: that payer of it not again)
+        bounded = {(problem.split(": ", 1)[0], problem.split(": ", 2)[1].split(" got ", 1)[0])
+                   for problem, tie in payer_rows if not tie}
+        named |= {problem.split(": ", 1)[0] for problem, tie in payer_rows if tie}
+        problems += [problem for problem, payer in (await conn.execute(text(_CLOSE_PAYERS)))
+                     if problem.split(": ", 1)[0] not in named and (problem.split(": ", 1)[0], payer) not in bounded]
     return problems_check(
         "credit_notes", problems, "re-rate entries move revenue by their charges' adjustments and true-up "
         "corrections (a re-rate that posted none: they net 0 with the corrections it kept); what each true-up (a "
@@ -1055,7 +1084,8 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         "and of a charge of its customer billed in its period, a close's each charge's overcharge at the tier reached "
         "(its cost there rounded up to the atomic unit) up to what its line left, the charges in order; what each "
         "payer got of each charge: its true-up's rows of the charge, and in all between nothing and what it paid of "
-        "it, and of a close's, in all no more than its entry posted it; credit notes "
+        "it, and of a close's, in all no more than its entry posted it nor less than that less what it posted beyond "
+        "every payer's rows; credit notes "
         "tie out to them (their money in whole minor units, the rest on the rounding account), intact and numbered "
         "without gaps")
 

@@ -92,7 +92,9 @@ async def test_a_rerate_gives_a_split_charge_s_payers_back_by_what_each_already_
                                             WHERE rerate_id IS NULL AND charge_id = :first AND payer = :{lot}"""
                                         for sign, lot in (("-", "a"), ("+", "b")))) == [
         "credit_notes", f"true-up record of the close of customer {cid}, 2026-11: {payer_b} got 300000000 back of "
-        f"charge {first} in all, which it paid 200000000"]
+        f"charge {first} in all, which it paid 200000000",
+        f"true-up record of the close of customer {cid}, 2026-11: its payers' rows give {params['a']} 300000000 "
+        f"back, its entry posted it 400000000 (0 beyond every payer's rows)"]  # A: $0.40 - $0.10
     assert await _damaged(bk, params, "DELETE FROM true_up_payers WHERE charge_id = :second AND payer = :b "
                                       "AND rerate_id IS NULL") == [
         "credit_notes", f"true-up record of the close of customer {cid}, 2026-11: charge {second} gave back "
@@ -105,8 +107,9 @@ async def test_verify_names_a_close_s_payer_row_made_larger_than_its_entry_poste
     rolled back): the 5th's rows still sum to the $0.60 the close gave back of it, A got $0.50 of
     the $1.00 it paid of it and B $0.10 of its $0.20: the per-charge sums and the bounds by what
     each paid take that for right. Verify now names the record: its rows give A $0.50 where its
-    entry posted A $0.40 (B's $0.10 + $0.40 = $0.50 is within the $0.60 posted it: not named).
-    Before, verify passed (no problem)."""
+    entry posted A $0.40; and B's, $0.10 + $0.40 = $0.50 where $0.60 was posted it, the entry
+    posting nothing beyond its payers' rows (test_verify_names_the_payer_whose_close_row_was_made_
+    smaller_beside_the_one_made_larger). Before, verify passed (no problem)."""
     bk = BillingKit(fresh_db)
     cid = "split-forged"
     a, b = await _split_charge(bk, cid)
@@ -118,7 +121,35 @@ async def test_verify_names_a_close_s_payer_row_made_larger_than_its_entry_poste
                                             WHERE rerate_id IS NULL AND charge_id = :first AND payer = :{lot}"""
                                         for sign, lot in (("+", "a"), ("-", "b")))) == [
         "credit_notes", f"true-up record of the close of customer {cid}, 2026-11: its payers' rows give {payer_a} "
-        f"{50 * CENT} back, its entry posted it {40 * CENT}"]
+        f"{50 * CENT} back, its entry posted it {40 * CENT}",
+        f"true-up record of the close of customer {cid}, 2026-11: its payers' rows give {params['b']} "
+        f"{50 * CENT} back, its entry posted it {60 * CENT} (0 beyond every payer's rows)"]  # B: $0.60 - $0.10
+
+
+async def test_verify_names_the_payer_whose_close_row_was_made_smaller_beside_the_one_made_larger(fresh_db) -> None:
+    """The module's close (A $0.40 back, B $0.60: $0.20 of the 5th, $0.40 of the 20th; its entry
+    posted them so, and nothing beyond its payers' rows: $0.40 + $0.60 = the $1.00 it credited).
+    A row made smaller by hand beside another of its charge made larger (the 5th's sum kept) was
+    named through the larger alone: A's row of the 5th $0.10 smaller and B's $0.10 larger named B
+    (got $0.30 of the 5th, which it paid $0.20) and not A (B's $0.10 smaller and A's larger, the
+    test above, named A alone). A payer's rows are at least what the entry posted it less what it
+    posted beyond every payer's rows (its share of a rule's rest is at most all of it), here 0: A's
+    $0.40 - $0.10 = $0.30 where $0.40 was posted, named beside B. Before: B's line alone."""
+    bk = BillingKit(fresh_db)
+    cid = "split-shrunk"
+    a, b = await _split_charge(bk, cid)
+    await verified(bk)
+    first = min(charge for _, charge, _ in await _payers(bk, cid))  # the 5th
+    payer_a, payer_b = chart.lot_account(cid, a), chart.lot_account(cid, b)
+    params = {"a": payer_a, "b": payer_b, "first": first}
+    record = f"true-up record of the close of customer {cid}, 2026-11"
+    moved = """UPDATE true_up_payers SET units = units {} 100000000
+                WHERE rerate_id IS NULL AND charge_id = :first AND payer = :{}"""
+    assert await _damaged(bk, params, moved.format("-", "a"), moved.format("+", "b"), ordered=True) == [
+        "credit_notes", *sorted([
+            f"{record}: {payer_b} got {30 * CENT} back of charge {first} in all, which it paid {20 * CENT}",
+            f"{record}: its payers' rows give {payer_a} {30 * CENT} back, its entry posted it {40 * CENT} "
+            f"(0 beyond every payer's rows)"])]
 
 
 async def test_a_rerate_takes_back_of_a_split_charge_from_what_each_payer_got_of_it(fresh_db) -> None:
