@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import re
@@ -58,7 +59,7 @@ from pricing.tokens import TokenCounter
 from wallets.chart import HELD
 from wallets.commands import MAX_TTL_SECONDS, Extend, Release, Reserve, ReserveResult
 from wallets.core.idempotency import refusal_body
-from wallets.errors import ReservationClosedError, WalletValidationError
+from wallets.errors import NothingKeptError, ReservationClosedError, WalletValidationError
 
 log = logging.getLogger("tokentill.gateway")
 
@@ -115,25 +116,28 @@ class Gateway:
         task.add_done_callback(self.reclaims.discard)
 
     async def _reclaim(self, command: Reserve, before: datetime) -> None:
-        """Ask the same reserve again (idempotent: the hold it kept, or a new one if it was never
-        taken; either way the request id is spent, as its caller was told) and release that hold,
-        retried while the ledger is unavailable, up to the hold's TTL (its expiry releases it then).
-        A replay made after `before` is another call's (the same id sent again once the ledger was
-        back, and going on): left alone."""
+        """Ask for the answer the ledger kept for that reserve (`kept_only`: a reserve never taken
+        takes nothing now; was: asked as a reserve, it took a hold nobody asked for, counted in the
+        budgets and alerted, before releasing it) and release the hold it names, retried while the
+        ledger is unavailable, up to the hold's TTL (its expiry releases it then). A hold made after
+        `before` is another call's (the same id sent again once the ledger was back, and going on):
+        left alone."""
         wait, deadline = RECLAIM_FIRST_S, time.monotonic() + self.settings.hold_seconds
         while True:
             await asyncio.sleep(wait)
             try:
-                held = await self.wallets.submit(command)
+                held = await self.wallets.submit(dataclasses.replace(command, kept_only=True))
                 r = held.reservation
-                if held.replayed and datetime.fromisoformat(r.created_at) > before:
+                if datetime.fromisoformat(r.created_at) > before:
                     return
                 if r.status == HELD:
                     await self.wallets.submit(Release(customer_id=r.customer_id, reservation_id=r.id))
                     log.warning("gateway call %s: the hold %s its unanswered reserve took is released",
                                 command.request_id, r.id)
                 return
-            except (LedgerError, PricingError) as exc:  # refused (funds, budget, ...): nothing is held
+            except NothingKeptError:  # the reserve was never taken
+                return
+            except (LedgerError, PricingError) as exc:  # refused (funds, ...), or closed: nothing is held
                 log.info("gateway call %s: reclaiming its hold: %s", command.request_id, exc)
                 return
             except Exception as exc:

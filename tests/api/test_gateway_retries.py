@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -182,11 +182,17 @@ def _reserve_faults(monkeypatch: Any, rid: str, plan: list[str]) -> list[str]:
     `plan` says, in order, then as it should: "lost", committed, then its answer lost (the
     connection dropped after COMMIT: psycopg's OperationalError, no SQLSTATE); "down", the
     connection dropped before anything was written. The list it returns logs each such batch."""
+    return reserve_faults(monkeypatch, lambda c: c.request_id == rid, plan)
+
+
+def reserve_faults(monkeypatch: Any, match: Callable[[Reserve], bool], plan: list[str]) -> list[str]:
+    """`_reserve_faults` for each Reserve `match` names (a gateway-made request id is not known
+    before its call)."""
     original = Engine._execute_lane
     tries: list[str] = []
 
     async def execute_lane(self: Engine, lane: int, commands: Any, now: Any) -> list[Any]:
-        if not any(isinstance(c, Reserve) and c.request_id == rid for c in commands):
+        if not any(isinstance(c, Reserve) and match(c) for c in commands):
             return await original(self, lane, commands, now)
         what = plan[len(tries)] if len(tries) < len(plan) else "ok"
         tries.append(what)

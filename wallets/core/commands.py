@@ -75,6 +75,9 @@ class Reserve(Command):
     # dimensions a caller that may not choose prices named itself (a customer's key, through the
     # gateway): refused when a rule of the book matches one (processing: batch, service_tier)
     caller_dimensions: tuple[str, ...] = ()
+    # only the answer kept for its request id (the gateway's reclaim of a reserve left unanswered):
+    # none kept, NothingKeptError, and nothing held, counted or alerted
+    kept_only: bool = False
 
     needs_book = True  # every hold: one given as an amount too, for a model the book prices (reservations._priced)
 

@@ -60,6 +60,8 @@ from wallets.errors import (
 )
 from wallets.model import Reservation, Wallet
 
+HELD_AT = "held_at"  # in a hold's stored estimate: the provider's choices it was priced at (_kept_estimate)
+
 
 def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -> Decision:
     """Hold `amount` (or the upper bound priced from the estimate) from the lots in consumption
@@ -72,8 +74,10 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
     if kept is not None:
         if kept.code == InsufficientFundsError.code:
             return Decision.refuse(InsufficientFundsError(kept.body["detail"], **error_context))
-        return Decision(Outcome(REPLAYED, ReserveResult(_as_now(w, ReservationSummary(**kept.body), now),
-                                                        replayed=True)))
+        summary = _as_now(w, ReservationSummary(**kept.body), now)
+        return Decision(Outcome(REPLAYED, ReserveResult(summary, replayed=True, held_at=_held_at(w, summary.id))))
+    if cmd.kept_only:
+        raise NothingKeptError("request_id", f"nothing is kept under request_id {cmd.request_id}")
     amount, held_at = cmd.amount, {}
     if amount is None:  # held_at: the values of the provider's choices (its tier) the hold was priced at
         rating, held_at = held_choices(book_for(w, book), cmd.model, cmd.prompt_tokens or 0,
@@ -129,6 +133,15 @@ def _as_now(w: Wallet, first: ReservationSummary, now: datetime) -> ReservationS
     if r is None:
         return first
     return replace(first, status=status_at(r.status, r.expires_at, now), expires_at=r.expires_at.isoformat())
+
+
+def _held_at(w: Wallet, reservation_id: str) -> dict[str, Any]:
+    """The values of the provider's choices a replayed hold was priced at (kept in its estimate,
+    `_hold`): the gateway's call going on with its kept hold is charged at them, as the first
+    answer's would be, where the provider's answer does not tell them. None kept: {}."""
+    r = w.reservations.get(reservation_id)
+    held = (r.estimate or {}).get(HELD_AT) if r is not None else None
+    return dict(held) if isinstance(held, Mapping) else {}
 
 
 def _priced(book: PriceBook, model: str, now: datetime) -> None:
@@ -225,11 +238,19 @@ def _hold(w: Wallet, cmd: Reserve, rid: str, amount: int, pieces: list[tuple[str
                                  now.isoformat(), expires_at.isoformat())
     opened = ReservationOpened(cid, rid, cmd.request_id, cmd.request_hash, cmd.model, amount, now, expires_at,
                                tuple(HoldPiece(i, account, a) for i, (account, a) in enumerate(pieces)),
-                               dict(cmd.dimensions), dict(cmd.estimate) if cmd.estimate is not None else None,
+                               dict(cmd.dimensions), _kept_estimate(cmd.estimate, held_at),
                                None if tokens == (None, None) else tokens)
     kept = AnswerKept(cmd.scope, cmd.request_id, cmd.request_hash, "reserved", summary.as_dict())
     result = ReserveResult(summary, replayed=False, entry_key=posted.key if posted else None, held_at=held_at)
     return Decision(Outcome(result.code, result), posted, (opened, kept))
+
+
+def _kept_estimate(estimate: Mapping[str, Any] | None, held_at: dict[str, Any]) -> dict[str, Any] | None:
+    """What is stored about a hold's estimate, with the values of the provider's choices it was
+    priced at, if any (`held_at`), for its replays (`_held_at`)."""
+    if estimate is None:
+        return None
+    return {**estimate, HELD_AT: dict(held_at)} if held_at else dict(estimate)
 
 
 def reservation_of(w: Wallet, reservation_id: str) -> Reservation:

@@ -73,7 +73,8 @@ class ReserveResult:
     entry_key: str | None = None
     entry_id: int | None = None
     # the values of the dimensions the call left to the provider that its hold was priced at
-    # (pricing.estimate.held_choices: service_tier "priority"); not kept for a replay
+    # (pricing.estimate.held_choices: service_tier "priority"); a replay's, from its estimate
+    # (wallets.core.reservations._held_at)
     held_at: dict[str, Any] = field(default_factory=dict)
 
     @property
