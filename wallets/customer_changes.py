@@ -6,7 +6,7 @@ half. The change, its log row, the alert flags and events it calls for (a limit 
 what is owed blocks the wallet: `wallet.blocked`) commit in one transaction."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -40,15 +40,22 @@ class CustomerChange:
 
 async def change_customer(db: Database, engine: Engine, clock: Callable[[], datetime], customer_id: str,
                           asked: Mapping[str, Any], changed_by: str, idem: IdemKey | None,
-                          view: Callable[[AsyncConnection], Any]) -> Any:
+                          view: Callable[[AsyncConnection], Any],
+                          allowed: Callable[[AsyncConnection], Awaitable[None]] | None = None) -> Any:
     """Make the `asked` changes (rules.change) and log them; `view` reads the customer as the
-    answer shows it, after the change, in the same transaction."""
+    answer shows it, after the change, in the same transaction. `allowed`: the caller's own check
+    of the change (a key limited to customers may move one only to a book it may read), run first
+    in the unit of work, so after the Idempotency-Key is read: a change kept before the check
+    refused it is answered as kept; another body under the key is refused by it (422) before it is
+    told it conflicts."""
     from wallets.service import run_once  # wallets.service calls this module
 
     rules.refuse_immutable(asked)
     lane = await engine.lane_of(customer_id)
 
     async def work(conn: AsyncConnection) -> Any:
+        if allowed is not None:
+            await allowed(conn)
         token = store.LANE.set(lane)
         try:
             await _change(conn, clock(), lane, customer_id, asked, changed_by)

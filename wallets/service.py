@@ -300,13 +300,17 @@ class WalletService:
                               lambda out: CREATED if out[1] else EXISTS)
 
     async def change_customer(self, customer_id: str, asked: dict[str, Any], changed_by: str,
-                              idem: IdemKey | None = None) -> CustomerView | Replayed:
+                              idem: IdemKey | None = None,
+                              allowed: Callable[[AsyncConnection], Awaitable[None]] | None = None
+                              ) -> CustomerView | Replayed:
         """Change the customer's name, price book or overdraft limit (wallets.customer_changes),
-        logged with `changed_by`; answers the customer as it is after the change."""
+        logged with `changed_by`, once `allowed` (the caller's check) lets it; answers the customer
+        as it is after the change."""
         async def view(conn: AsyncConnection) -> CustomerView:
             return _customer((await conn.execute(_CUSTOMER, {"id": customer_id})).one())
 
-        return await change_customer(self.db, self.engine, self.clock, customer_id, asked, changed_by, idem, view)
+        return await change_customer(self.db, self.engine, self.clock, customer_id, asked, changed_by, idem, view,
+                                     allowed)
 
     async def add_overrides(self, customer_id: str, body: Mapping[str, Any], effective_from: datetime | None,
                             idem: IdemKey | None = None) -> AddedOverrides | Replayed:

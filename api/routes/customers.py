@@ -1,12 +1,14 @@
 """Customers and their wallets: create, read, top up, grant credit, read the wallet."""
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 import msgspec
 from litestar import Request, Response, get, patch, post
 from litestar.datastructures import State
 from litestar.params import FromPath
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from api.auth import principal_of, require
 from api.errors import documented
@@ -241,20 +243,25 @@ async def change_customer(state: State, request: Request, customer_id: FromPath[
     if not asked:
         raise WalletValidationError("body", f"give at least one of {', '.join(changes.CHANGEABLE)}")
     principal = principal_of(request)
-    if "price_book" in asked and principal.customers:
-        await _readable_book(state, asked["price_book"], principal.customers)
-    outcome = await state.services.wallets.change_customer(customer_id, asked, principal.key_id, idem)
+    allowed = _readable_book(asked["price_book"], principal.customers) \
+        if "price_book" in asked and principal.customers else None
+    outcome = await state.services.wallets.change_customer(customer_id, asked, principal.key_id, idem, allowed)
     return respond(request, outcome, CHANGED)
 
 
-async def _readable_book(state: State, book_id: str, customers: tuple[str, ...]) -> None:
+def _readable_book(book_id: str, customers: tuple[str, ...]) -> Callable[[AsyncConnection], Awaitable[None]]:
     """A key limited to customers moves one only to a book it may read (one of its customers is
     priced with it): any other is refused as a book that does not exist is, which it would open
-    to the key once moved (api.auth: a limited key reads only its customers' books)."""
-    try:
-        await state.services.db.read(lambda conn: reports.ensure_book_visible(conn, book_id, customers))
-    except NotFoundError:
-        raise WalletValidationError("price_book", f"no price book {book_id}") from None
+    to the key once moved (api.auth: a limited key reads only its customers' books). Checked in
+    the change's unit of work, after its Idempotency-Key is read: a move kept before the key lost
+    sight of the book is answered as kept."""
+    async def check(conn: AsyncConnection) -> None:
+        try:
+            await reports.ensure_book_visible(conn, book_id, customers)
+        except NotFoundError:
+            raise WalletValidationError("price_book", f"no price book {book_id}") from None
+
+    return check
 
 
 def _change_response(change: CustomerChange, currency: str) -> CustomerChangeResponse:

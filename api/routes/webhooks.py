@@ -131,11 +131,11 @@ async def create_webhook_endpoint(
     is returned here and never again (but to a replay of the same Idempotency-Key by the same API
     key; another key sending it is 409 idempotency_conflict)."""
     body = shaped(data, CreateWebhookEndpointRequest)
-    url = check_destination(sendable(check_url(body.url)), state.services.settings.webhook_addresses)
+    url = sendable(check_url(body.url))
     topics = check_topics(body.topics)
 
     return await _once_with_secret(state, request, data, CREATED, lambda conn: endpoints.create(
-        conn, url, topics, body.description, body.max_in_flight))
+        conn, url, topics, body.description, body.max_in_flight), rules=_reachable(state, url))
 
 
 @get("/v1/webhook-endpoints", guards=[require()], tags=TAGS, **documented())
@@ -157,11 +157,10 @@ async def update_webhook_endpoint(
     of the topics dropped); `"enabled": false` disables it (nothing is queued for it meanwhile),
     `true` enables it again. A replay of its Idempotency-Key answers what it first answered."""
     body = shaped(data, UpdateWebhookEndpointRequest)
-    addresses = state.services.settings.webhook_addresses
     given = {name: value for name in UpdateWebhookEndpointRequest.__struct_fields__
              if (value := getattr(body, name)) is not msgspec.UNSET}
     if "url" in given:
-        given["url"] = check_destination(sendable(check_url(given["url"])), addresses)
+        given["url"] = sendable(check_url(given["url"]))
     if "topics" in given:
         given["topics"] = check_topics(given["topics"])
     changes = Changes(**given)
@@ -169,7 +168,19 @@ async def update_webhook_endpoint(
     async def work(conn: AsyncConnection) -> WebhookEndpointResponse:
         return _response(await endpoints.update(conn, endpoint_id, changes))
 
-    return await _once(state, request, data, work, CHANGED, committed=True)
+    return await _once(state, request, data, work, CHANGED, committed=True,
+                       rules=_reachable(state, given["url"]) if "url" in given else None)
+
+
+def _reachable(state: State, url: str) -> Callable[[], None]:
+    """The operator's address policy on `url` (TOKENTILL_WEBHOOK_ALLOWED_NETWORKS), as run_once's
+    `rules`: checked once the Idempotency-Key is read, so a call kept before the policy refused its
+    URL is answered as kept (its endpoint, its secret), and another body under the key is refused
+    by it (422 naming url) before it is told it conflicts."""
+    def check() -> None:
+        check_destination(url, state.services.settings.webhook_addresses)
+
+    return check
 
 
 @delete("/v1/webhook-endpoints/{endpoint_id:str}", guards=[require()], status_code=200, tags=TAGS,
@@ -204,7 +215,8 @@ async def rotate_webhook_secret(
 
 
 async def _once_with_secret(state: State, request: Request, data: Any, code: str,
-                            make: Callable[[AsyncConnection], Awaitable[tuple[Endpoint, str]]]) -> Response:
+                            make: Callable[[AsyncConnection], Awaitable[tuple[Endpoint, str]]], *,
+                            rules: Callable[[], None] | None = None) -> Response:
     """An answer that shows a signing secret (a new endpoint, 201; a rotated secret, 200), once per
     Idempotency-Key. Every admin key shares the key's scope, so the answer is kept with the secret
     sealed to the calling key (api/routes/sealing.py): its replay shows the secret, the same call
@@ -222,15 +234,16 @@ async def _once_with_secret(state: State, request: Request, data: Any, code: str
         return msgspec.structs.replace(made, secret=sealing.unsealed(made.secret, pad, idem.key, SECRET_PREFIX,
                                                                       "a webhook secret"))
 
-    return await _once(state, request, data, work, Answer(shown, CreatedWebhookEndpointResponse, lambda _: code))
+    return await _once(state, request, data, work, Answer(shown, CreatedWebhookEndpointResponse, lambda _: code),
+                       rules=rules)
 
 
 async def _once(state: State, request: Request, data: Any, work: Callable[[AsyncConnection], Awaitable[Any]],
-                answer: Answer, *, committed: bool = False) -> Response:
-    """Run `work` once per Idempotency-Key: a replay answers the first answer."""
+                answer: Answer, *, committed: bool = False, rules: Callable[[], None] | None = None) -> Response:
+    """Run `work` once per Idempotency-Key: a replay answers the first answer (before `rules`)."""
     idem = idempotency(request, data)
     locks = [] if idem is None else [lock_key(f"idempotency:{idem.scope}:{idem.key}")]
-    outcome = await run_once(state.services.db, idem, work, locks, answer.code, committed=committed)
+    outcome = await run_once(state.services.db, idem, work, locks, answer.code, committed=committed, rules=rules)
     return respond(request, outcome, answer)
 
 
