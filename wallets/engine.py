@@ -678,6 +678,7 @@ async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharg
     rows = await store.load_rerate_charges(conn, cmd.customer_id, cmd.book_id, period.start, period.end)
     billed_in = sorted({r["billed_in"] for r in rows if r["billed_in"] is not None})
     invoices = await store.finalized_invoices(conn, cmd.customer_id, billed_in)
+    noted = await store.noted_so_far(conn, [invoice_id for invoice_id, _ in invoices.values()])
     true_ups = await store.true_ups_posted(conn, cmd.customer_id, period.label) if period.label in invoices else {}
     left = await store.paid_left(conn, cmd.customer_id, period) if rows else {}
     kept = await store.true_up_given(conn, cmd.customer_id, period.label) if period.label in invoices else {}
@@ -689,7 +690,7 @@ async def rerate_input(conn: AsyncConnection, books: BookCache, cmd: RerateCharg
     others = await store.load_rerate_charges(conn, cmd.customer_id, cmd.book_id, period.start, period.end, True)
     return RerateInput(version, tuple(_on_record(r) for r in rows), invoices, overrides, period.label, book, true_ups,
                        left, total, given, true_up_given=kept, true_up_payers=payers,
-                       others=tuple(_on_record(r) for r in others), period_end=period.end)
+                       others=tuple(_on_record(r) for r in others), period_end=period.end, noted=noted)
 
 
 def _on_record(r: dict[str, Any]) -> ChargeOnRecord:

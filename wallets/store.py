@@ -1244,6 +1244,24 @@ async def finalized_invoices(conn: AsyncConnection, customer_id: str, periods: S
     return {period: (invoice_id, number) for period, invoice_id, number in rows}
 
 
+async def noted_so_far(conn: AsyncConnection, invoice_ids: Iterable[str]) -> dict[str, tuple[int, int, int]]:
+    """Of each finalized invoice of `invoice_ids`: (what its close's rounding added to its amount
+    due: content `amount_due_rounding`, 0 on an invoice finalized before; its credit and debit
+    notes' exact totals so far; what they moved: each one's `amount`, its total where issued before
+    notes had one). A re-rate's note moves the running total rounded once (rerating.note_money)."""
+    ids = sorted(set(invoice_ids))
+    if not ids:
+        return {}
+    unit = 10 ** chart.ASSET_SCALE
+    rows = await conn.exec_driver_sql(
+        f"""SELECT i.id, coalesce((i.content ->> 'amount_due_rounding')::numeric * {unit}, 0)::numeric(38, 0)::text,
+                   coalesce(sum(n.total), 0)::numeric(38, 0)::text,
+                   coalesce(sum(coalesce((n.content ->> 'amount')::numeric * {unit}, n.total)), 0)::numeric(38, 0)::text
+              FROM invoices i LEFT JOIN credit_notes n ON n.invoice_id = i.id
+             WHERE i.id = ANY(%s) GROUP BY i.id, i.content""", (ids,))
+    return {invoice_id: (int(r), int(t), int(m)) for invoice_id, r, t, m in rows}
+
+
 def dumps(value: Any) -> str:
     """Rows as JSON for jsonb_to_recordset: datetimes as RFC 3339, bytes as base64."""
     return _ENCODER.encode(value).decode()

@@ -64,18 +64,24 @@ async def _balanced_and_verified(client, currency: str) -> list[tuple[str, str]]
     return [(a["debits"], a["credits"]) for a in tb["accounts"] if a["account"] == rounding]
 
 
-# By hand, per 1M input tokens, postpaid:
-# JPY: 3 calls of 1,000 tokens at 1,500 yen are 4.5 yen, due 4; the fix (1,000 yen) makes them
-#   3 yen: 1.5 yen back, which moves 2 yen (half to even), 0.5 yen more from the rounding account;
-#   4 - 2 = 2 yen left. Rounding: 0.5 + 0.5 yen debited.
-# USD: 5 calls of 1,500 tokens at $10 are $0.075, due $0.08; the fix ($7) makes them $0.0525:
-#   $0.0225 back, which moves $0.02 ($0.0025 credited to rounding); $0.06 left.
-# KWD: 1 call of 1,234 tokens at 10 dinars is 0.01234, due 0.012; the fix (7) makes it 0.008638:
-#   0.003702 back, which moves 0.004 (0.000298 debited to rounding); 0.008 left.
+# By hand, per 1M input tokens, postpaid. A note moves what the corrected charges, rounded once,
+# less what the invoice made due (its exact total plus the close's rounding) and the notes before:
+# the invoice's due plus its notes is always the corrected total rounded once, half to even.
+# JPY: 3 calls of 1,000 tokens at 1,500 yen are 4.5 yen, due 4 (the close's rounding -0.5); the fix
+#   (1,000 yen) makes them 3 yen: -1.5 yen, and round(3) = 3, 3 - 4 = -1 moved (0.5 yen credited to
+#   rounding); 3 left. Rounding: the close's 0.5 debited, the note's 0.5 credited.
+# USD: 5 calls of 1,500 tokens at $10 are $0.075, due $0.08 (+$0.005); the fix ($7) makes them
+#   $0.0525: -$0.0225, round($0.0525) = $0.05, $0.05 - $0.08 = -$0.03 moved ($0.0075 debited); $0.05
+#   left. Rounding: the close's $0.005 credited, the note's $0.0075 debited.
+# KWD: 1 call of 1,234 tokens at 10 dinars is 0.01234, due 0.012 (-0.00034); the fix (7) makes it
+#   0.008638: -0.003702, round(0.008638) = 0.009, 0.009 - 0.012 = -0.003 moved (0.000702 credited);
+#   0.009 left. Rounding: the close's 0.00034 debited, the note's 0.000702 credited.
+# (Each note rounding its own total moved -2, -$0.02 and -0.004: 2 yen, $0.06 and 0.008 left, for
+# usage of 3 yen, $0.0525 and 0.008638.)
 CASES = [
-    ("JPY", [1000] * 3, "1500", "1000", "4", "-1.5", "-2", "-0.5", "2", [("1", "0")]),
-    ("USD", [1500] * 5, "10", "7", "0.08", "-0.0225", "-0.02", "0.0025", "0.06", [("0.00", "0.0075")]),
-    ("KWD", [1234], "10", "7", "0.012", "-0.003702", "-0.004", "-0.000298", "0.008", [("0.000638", "0.000")]),
+    ("JPY", [1000] * 3, "1500", "1000", "4", "-1.5", "-1", "0.5", "3", [("0.5", "0.5")]),
+    ("USD", [1500] * 5, "10", "7", "0.08", "-0.0225", "-0.03", "-0.0075", "0.05", [("0.0075", "0.005")]),
+    ("KWD", [1234], "10", "7", "0.012", "-0.003702", "-0.003", "0.000702", "0.009", [("0.00034", "0.000702")]),
 ]
 
 
@@ -153,9 +159,11 @@ async def test_a_credit_note_to_a_prepaid_wallet_gives_whole_minor_units_back_to
 
 
 async def test_a_debit_note_charges_whole_minor_units_on_the_next_invoice(client) -> None:
-    """By hand: 5 calls of 1,500 tokens at $10 per 1M are $0.075 (due $0.08); the fix is $12:
-    $0.09, $0.015 more, which charges $0.02 (half to even; $0.005 credited to rounding). The
-    receivable pays it, so the next invoice asks $0.02 and its close rounds nothing."""
+    """By hand: 5 calls of 1,500 tokens at $10 per 1M are $0.075 (due $0.08, the close's rounding
+    +$0.005); the fix is $12: $0.09, $0.015 more; round($0.09) = $0.09, less the $0.08 made due:
+    the note charges $0.01 ($0.005 debited to rounding, which the close's $0.005 credit nets). The
+    receivable pays it, so the next invoice asks $0.01 and its close rounds nothing: owed $0.09.
+    (Rounding the note's own $0.015 charged $0.02: $0.10 owed for usage of $0.09.)"""
     now = datetime.now(UTC)
     period = period_of(now, Cycle("UTC", None))
     await _book(client, "USD", "v1", "2026-01-01T00:00:00Z", "10")
@@ -165,26 +173,27 @@ async def test_a_debit_note_charges_whole_minor_units_on_the_next_invoice(client
     await _usage(client, "dn-usd", [1500] * 5, now)
     await close_early(client, ADMIN, "dn-usd", period)
     note = await _rerated_to(client, "USD", "12", period)
-    assert (note["kind"], note["total"], note["amount"], note["amount_rounding"]) == ("debit", "0.015", "0.02", "0.005")
+    moved = (note["kind"], note["total"], note["amount"], note["amount_rounding"])
+    assert moved == ("debit", "0.015", "0.01", "-0.005")
     [closed] = (await close_early(client, ADMIN, "dn-usd", following(period, Cycle("UTC", None))))["closed"]
     december = await _invoice(client, closed["invoice_id"])
-    assert (december["total"], december["amount_due"], december["amount_due_rounding"]) == ("0.015", "0.02", "0.00")
+    assert (december["total"], december["amount_due"], december["amount_due_rounding"]) == ("0.015", "0.01", "0.00")
     wallet = (await client.get("/v1/customers/dn-usd/wallet", headers=ADMIN)).json()
-    assert wallet["receivable"] == "0.10"  # $0.08 + $0.02
-    assert await _balanced_and_verified(client, "USD") == [("0.00", "0.01")]
+    assert wallet["receivable"] == "0.09"  # $0.08 + $0.01
+    assert await _balanced_and_verified(client, "USD") == [("0.005", "0.005")]
 
 
 async def test_a_credit_note_after_an_earlier_note_s_rounding_gives_its_whole_amount_to_the_customer(client) -> None:
-    """By hand, postpaid, 3 calls of 1,000 tokens at 1,500 yen per 1M: 4.5 yen, due 4 (0.5 yen to
-    rounding). v2 (1,000 yen): 3 yen, a note of -1.5 that moves -2 (0.5 yen from the rounding
-    account): owed 2. v3 (3,000 yen): 9 yen, a debit note of +6, moved 6: owed 8. v4 (1,499 yen):
-    3 x 1.499 = 4.497 yen, a note of -4.503 that moves -5 (half to even; 0.497 from rounding): owed
-    8 - 5 = 3, no lot opened, nothing to breakage. The third note gave the receivable 4 (what it
-    paid of the charges, 4.5, in whole yen), and the 0.003 the charges' first funding could not
-    place went to the rounding account, as if it were a lot with room (its 0.5 from the first
-    note), and from there to breakage; the customer got 0.997 yen as a new lot: owed 4, credit
-    0.997, 0.003 yen in breakage, and verify found the rollup's note rounding (0.994) short of
-    the postings' (0.997)."""
+    """By hand, postpaid, 3 calls of 1,000 tokens at 1,500 yen per 1M: 4.5 yen, due 4 (the close's
+    rounding -0.5). Each note moves the corrected total rounded once (half to even) less what the
+    invoice made due and the notes before moved. v2 (1,000 yen): 3 yen, a note of -1.5; round(3) = 3,
+    3 - 4 = -1 moved (0.5 yen credited to rounding): owed 3. v3 (3,000 yen): 9 yen, a debit note of
+    +6; round(9) = 9, 9 - 3 = 6 moved: owed 9. v4 (1,499 yen): 3 x 1.499 = 4.497 yen, a note of
+    -4.503; round(4.497) = 4, 4 - 9 = -5 moved (0.497 yen debited): owed 4, no lot opened, nothing
+    to breakage. Each note rounding its own total moved -2, +6, -5: owed 3 for usage of 4.497 yen
+    (and 2 after v2 alone for usage of 3), the rounding account 1.497 yen short, growing with each
+    re-rate. (7cc7736: the third note's 0.003 yen the charges' funding could not place went to the
+    rounding account as to a lot, then to breakage, and the customer got a 0.997 yen lot.)"""
     now = datetime.now(UTC)
     period = period_of(now, Cycle("UTC", None))
     await _book(client, "JPY", "v1", "2026-01-01T00:00:00Z", "1500")
@@ -205,11 +214,12 @@ async def test_a_credit_note_after_an_earlier_note_s_rounding_gives_its_whole_am
         [listed] = applied.json()["credit_notes"]
         note = (await client.get(f"/v1/credit-notes/{listed['id']}", headers=ADMIN)).json()
         moved.append((note["kind"], note["total"], note["amount"], note["amount_rounding"]))
-    assert moved == [("credit", "-1.5", "-2", "-0.5"), ("debit", "6", "6", "0"), ("credit", "-4.503", "-5", "-0.497")]
+    assert moved == [("credit", "-1.5", "-1", "0.5"), ("debit", "6", "6", "0"), ("credit", "-4.503", "-5", "-0.497")]
     wallet = (await client.get(f"/v1/customers/{cid}/wallet", headers=ADMIN)).json()
-    assert (wallet["receivable"], wallet["available"], wallet["grants"]) == ("3", "0", []), wallet
+    assert (wallet["receivable"], wallet["available"], wallet["grants"]) == ("4", "0", []), wallet
     tb = (await client.get("/v1/audit/trial-balance?currency=JPY", headers=ADMIN)).json()
     assert [a for a in tb["accounts"] if a["account"] == "income:platform:breakage:JPY"
             and Decimal(a["balance"])] == [], tb
-    # rounding: the close's 0.5 and the notes' 0.5 and 0.497, all debited
-    assert await _balanced_and_verified(client, "JPY") == [("1.497", "0")]
+    # rounding: the close's 0.5 and the last note's 0.497 debited, the first note's 0.5 credited: 0.497
+    # net, round(4.497) - 4.497
+    assert await _balanced_and_verified(client, "JPY") == [("0.997", "0.5")]

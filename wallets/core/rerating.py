@@ -173,6 +173,9 @@ class RerateInput:
     # which the close's split of a true-up's money back counts (invoicing.allowance_lines)
     others: tuple[ChargeOnRecord, ...] = ()
     period_end: datetime | None = None  # the period's end: the allowances in force then pay a dearer true-up
+    # invoice id -> (its close's rounding of the amount due, its notes' totals so far, what they moved)
+    # (store.noted_so_far): a note moves the running total rounded once (note_money)
+    noted: Mapping[str, tuple[int, int, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -706,10 +709,11 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     rows = type_rows(found, fixes)
     invoice = _corrected_invoice(cmd, groups) if net else None
     noted = invoice is not None  # a credit (or debit) note documents the correction of that invoice
-    # A note's money is whole minor units (its lines and total stay exact): `net` rounded once, half
-    # to even, as an invoice's amount due; the difference goes to the platform's rounding account.
+    # A note's money is whole minor units (its lines and total stay exact): the invoice's corrections
+    # so far rounded once, half to even, less what its earlier notes moved (note_money); the
+    # difference goes to the platform's rounding account.
     decimals = line_decimals(c.currency)
-    money = round_line(net, decimals) if noted else net
+    money = note_money(net, decimals, *_noted(groups, invoice[0])) if invoice is not None else net
     rounding = money - net
     lot = None
     # what each true-up's correction gives back of each charge, by rule, where the true-ups kept it
@@ -737,8 +741,10 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
         legs, paid = _taken_then_usage(w, took, money - sum(took.values()), now)
     elif money or _between_payers(found, parts):
         room = room_left(groups, cmd.period if cmd.sources else None)
-        legs, paid, lot = _refund(state, cmd, found, -money, now, 10 ** (chart.ASSET_SCALE - decimals) if noted else 1,
-                                  fixes, room, takes, expired_by, got, placed)
+        unit = 10 ** (chart.ASSET_SCALE - decimals)
+        # whole minor units but after a note of before notes were rounded (moved its exact total)
+        step = unit if noted and money % unit == 0 else 1
+        legs, paid, lot = _refund(state, cmd, found, -money, now, step, fixes, room, takes, expired_by, got, placed)
     else:
         legs, paid = Legs(c.currency), ()
     if rounding:  # revenue moves by the exact correction, the rounding account by the difference
@@ -807,6 +813,25 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     result = Rerated(c.id, cmd.period, len(found), net, note.number if note is not None else None,
                      posted.key if posted is not None else None)
     return Decision(Outcome(result.code, result), posted, tuple(effects))
+
+
+def _noted(groups: Sequence[Group], invoice_id: str) -> tuple[int, int, int]:
+    """The corrected invoice's (close's rounding, notes' totals, what they moved) (RerateInput.noted)."""
+    return next((data.noted[invoice_id] for _, data, _, _ in groups if invoice_id in data.noted), (0, 0, 0))
+
+
+def note_money(net: int, decimals: int, due_rounding: int, totals: int, moved: int) -> int:
+    """What a credit or debit note of exact total `net` moves, in whole minor units: the invoice's
+    corrections with it (`totals` + `net`), less what its close's rounding added to the amount due,
+    rounded once (half to even), less what its notes before moved (`moved`). So what the invoice
+    made due plus its notes' money is always its corrected total rounded once (postpaid: 4.5 yen, due
+    4, re-rated to 3, 9, then 4.497 yen moves -1, +6, -5: 3, 9, 4 owed), and a prepaid invoice's
+    lots, which paid the exact total, have paid it within half a minor unit, for ever; each note
+    rounding its own total drifted with each re-rate. A note's sign is its total's: where a note
+    issued before notes were rounded (its exact total counted as moved) left the running figure
+    the other way, this one moves 0 and the next one catches up."""
+    money = round_line(totals + net - due_rounding, decimals) - moved
+    return money if money * net > 0 else 0
 
 
 def _between_payers(found: Iterable[Correction], parts: Mapping[str, Mapping[int, int]]) -> bool:
