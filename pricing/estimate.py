@@ -239,6 +239,13 @@ def reportable_variants(version: PriceBook | PriceVersion, model: str, dimension
     return variants
 
 
+def premiums_priced(version: PriceBook | PriceVersion, model: str, dimensions: Mapping[str, DimValue] | None,
+                    at: datetime, premiums: tuple[str, ...], cache_write: str | None = None) -> None:
+    """`estimate_upper_bound`'s check of the premium prices alone, for a hold given as an amount
+    that names one (an HTTP reserve's `cache_ttl: "1h"`): UnpricedModelError where the book does not set it."""
+    _check_premiums(version, model, dimensions, at, premiums, (), cache_write)
+
+
 def _check_premiums(version: PriceBook | PriceVersion, model: str, dimensions: Mapping[str, DimValue] | None,
                     at: datetime, premiums: tuple[str, ...], named: tuple[str, ...], cache_write: str | None) -> None:
     errors = [field_error("premiums", f"{p!r} is not one of {', '.join(PREMIUMS)}") for p in premiums

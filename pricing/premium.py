@@ -1,8 +1,9 @@
 """Prices a provider bills above its standard ones, which a price book must set itself for a call
 that may be billed them: a book that does not would rate the call at a cheaper price (a fallback
 type, a rule without the dimension, a price without prompt tiers), and the difference would be
-given away. The gateway asks for the check (its calls are answered whatever their settle finds);
-a caller of the HTTP API reports its own usage and gets the book's documented fallbacks.
+given away. The gateway asks for the check (its calls are answered whatever their settle finds),
+and so does an HTTP reserve naming `cache_ttl: "1h"`, by estimate or amount; a caller of the HTTP
+API otherwise reports its own usage and gets the book's documented fallbacks.
 
 - ``cache_write_1h``: Anthropic's one-hour cache write (twice the input price; a 5-minute one is
   1.25 times). Priced only by a rule of that type (a format 1 book has none: it rates one as a

@@ -14,6 +14,7 @@ from pricing.estimate import (
     estimate_upper_bound,
     held_choices,
     held_prompt_tokens,
+    premiums_priced,
     reportable_variants,
 )
 from pricing.money import format_money
@@ -90,6 +91,8 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
         amount = rating.total_units
     else:
         _priced(book_for(w, book), cmd.model, now)
+        if cmd.premiums:  # the price it names (cache_ttl "1h"): its book sets it, as for an estimate
+            premiums_priced(book_for(w, book), cmd.model, cmd.dimensions, now, cmd.premiums, cmd.prompt_cache_write)
     too_big = unpostable(amount, w.customer.currency, "estimate", "hold")
     if too_big is not None:
         return Decision.refuse(too_big)
