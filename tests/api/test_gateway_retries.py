@@ -300,3 +300,24 @@ def test_the_fakes_anthropic_errors_say_x_should_retry_true_as_anthropics_do(liv
     assert raised.value.response.headers.get_list("x-should-retry") == ["false"] and len(sent) == 1
     assert len(fake.fake.calls) == calls + 4
     assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+@pytest.mark.parametrize("name", ["claude-test-fail", "claude-test-overloaded"], ids=["500", "529"])
+def test_the_fakes_anthropic_errors_to_a_stream_say_x_should_retry_true_too(live, fake, name):  # noqa: F811
+    """A guard (review of d7c24ed): the same errors met by a streamed call (the anthropic package's
+    messages.stream), which Anthropic answers before any event: the header comes through as true,
+    the client sends the call 3 times (3 upstream calls, each hold released), charged 0, the
+    wallet's $10.00 untouched."""
+    url, _ = live
+    cid, key = customer(live)
+    calls = len(fake.fake.calls)
+    sent, http = counted(anthropic)
+    client = anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key, http_client=http)
+    with pytest.raises(anthropic.APIStatusError) as raised:
+        with client.messages.stream(model=name, max_tokens=100, messages=HI) as stream:
+            stream.get_final_message()
+    response = raised.value.response
+    assert response.status_code == (500 if name.endswith("-fail") else 529)
+    assert response.headers.get_list("x-should-retry") == ["true"] and response.headers["x-tokentill-charged"] == "0"
+    assert len(sent) == 3 and len(fake.fake.calls) == calls + 3
+    assert wallet(url, cid) == (Decimal("10"), 0)
