@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from litestar.testing import AsyncTestClient
 
 GROWN = {
@@ -243,3 +244,18 @@ async def test_the_reserve_schema_names_cache_ttl(client):
     field = body["properties"]["cache_ttl"]
     assert field["anyOf"][0]["enum"] == ["1h", "5m"] and field["anyOf"][1] == {"type": "null"}, field
     assert "cache_ttl" not in body["required"]
+
+
+@pytest.mark.parametrize(
+    ("one_hour", "ttl", "hold"),
+    [("5.00", "1h", "0.04"), ("20.00", "5m", "0.045"), ("20.00", "1h", "0.06")],
+    ids=["1h-below-input", "5m-above-input", "1h-above-input"],
+)
+async def test_a_hold_prices_the_prompt_at_the_dearer_of_its_cache_write_and_input(client, tag, one_hour, ttl, hold):
+    """2,000 prompt and 500 out ($20/M), $0.01 a call: a one-hour write at $5/M, below input's $10:
+    held at input, (20,000 + 10,000) per 1M + 0.01 = 0.04; "5m" at $12.50: (25,000 + 10,000) per 1M
+    + 0.01 = 0.045; "1h" at $20: (40,000 + 10,000) per 1M + 0.01 = 0.06."""
+    cid, _ = await _customer(client, tag, one_hour=one_hour)
+    held = await _reserve(client, cid, estimate={"input_tokens": 2000, "max_output_tokens": 500}, cache_ttl=ttl)
+    assert held.status_code == 201, held.text
+    assert Decimal(held.json()["amount"]) == Decimal(hold)
