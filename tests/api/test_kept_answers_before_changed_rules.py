@@ -5,7 +5,9 @@ the key is refused by those checks (422) before it is told it conflicts (409).""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 
 from tests.api.apps import api_client, bearer
 from wallets.webhooks.rules import AddressPolicy, parse_networks
@@ -114,3 +116,58 @@ async def test_a_customer_move_kept_under_its_key_replays_after_the_limited_key_
         )
         assert (await client.get(f"/v1/customers/{a}")).json()["price_book"] == books["a"]
         assert len((await client.get(f"/v1/customers/{a}/changes")).json()["changes"]) == 2
+
+
+async def test_a_grant_kept_under_its_key_replays_after_its_expiry_passed(database_url: str):
+    """Guard (review of 2759e76; passed before): a grant's expires_at must be in the future, checked
+    after its Idempotency-Key is read (Batch.apply, then credits.opened_lot), so a grant of 5.00
+    expiring 3 s on, sent again under its key once that time has passed, is answered as kept (201,
+    the same grant), not 422 naming expires_at; another grant under the key with a past expiry is
+    422 naming expires_at, not 409. The lot has expired: 0.00 available."""
+    tag = uuid.uuid4().hex[:8]
+    async with api_client(database_url, admin=ADMIN, send_admin=True) as client:
+        book = f"kept-g-{tag}"
+        made = await client.post(
+            "/v1/price-books",
+            json={"id": book, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": RULES},
+        )
+        assert made.status_code == 201, made.text
+        assert (await client.post("/v1/customers", json={"id": book, "price_book": book})).status_code == 201
+        expiry = datetime.now(UTC) + timedelta(seconds=3)
+        grant, key = {"amount": "5.00", "expires_at": expiry.isoformat()}, {"Idempotency-Key": f"g-{tag}"}
+        first = await client.post(f"/v1/customers/{book}/grants", json=grant, headers=key)
+        assert first.status_code == 201, first.text
+        await asyncio.sleep(max((expiry - datetime.now(UTC)).total_seconds(), 0) + 0.05)  # past its expiry
+        again = await client.post(f"/v1/customers/{book}/grants", json=grant, headers=key)
+        assert (again.status_code, again.json()["grant_id"]) == (201, first.json()["grant_id"]), again.text
+        _refused(
+            await client.post(f"/v1/customers/{book}/grants", json={**grant, "amount": "6.00"}, headers=key),
+            422,
+            "validation_error",
+            ["expires_at"],
+        )
+        # the one lot made has expired: none left to draw from
+        assert (await client.get(f"/v1/customers/{book}/wallet")).json()["available"] == "0.00"
+
+
+async def test_a_price_book_version_in_another_currency_under_an_existing_id_is_a_currency_mismatch(
+    database_url: str,
+):
+    """Guard (review of 59f32c3: the existing-id rule on the other create that takes a client id;
+    passed before): book X made in USD with a version at 2026-01-01; the same version in EUR is 422
+    currency_mismatch (the body against what never changes), not 409 price_version_conflict; other
+    rules in USD at that time 409; the very version again 200. X keeps one version, in USD."""
+    book = f"kept-pb-{uuid.uuid4().hex[:8]}"
+    version = {"id": book, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": RULES}
+    async with api_client(database_url, admin=ADMIN, send_admin=True) as client:
+        assert (await client.post("/v1/price-books", json=version)).status_code == 201
+        _refused(
+            await client.post("/v1/price-books", json={**version, "currency": "EUR"}), 422, "currency_mismatch", []
+        )
+        other = [{**RULES[0], "price": "12.00"}]
+        conflict = await client.post("/v1/price-books", json={**version, "rules": other})
+        _refused(conflict, 409, "price_version_conflict", [])
+        assert conflict.json()["field"] == "effective_from"
+        assert (await client.post("/v1/price-books", json=version)).status_code == 200
+        stored = (await client.get(f"/v1/price-books/{book}")).json()
+        assert (stored["currency"], len(stored["versions"])) == ("USD", 1)
