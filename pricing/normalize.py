@@ -186,14 +186,23 @@ _OTHER_SHAPE = {"prompt_tokens": "input_tokens", "completion_tokens": "output_to
 def _details(r: _Reader, total_name: str) -> str:
     """The name of the details of `total_name` that the usage gives: its own shape's, else the other
     API's (an OpenAI-compatible upstream may send Responses totals with Chat details, or the reverse);
-    both given and differing is refused, as no count can be chosen."""
+    both given with different counts is refused, as no count can be chosen (a count of 0 or null
+    is the count left out: an upstream's SDK may spell out every field of one of them)."""
     own, other = f"{total_name}_details", f"{_OTHER_SHAPE[total_name]}_details"
     if r.obj.get(other) is None:
         return own
     if r.obj.get(own) is None:
         return other
-    r.check(r.obj[own] == r.obj[other], own, f"differs from {other}: give one of them")
+    r.check(_counted(r.obj[own]) == _counted(r.obj[other]), own, f"differs from {other}: give one of them")
     return own
+
+
+def _counted(value: Any) -> Any:
+    """A details object as the counts it gives: its zeros, nulls and empty objects left out."""
+    if not isinstance(value, Mapping):
+        return value
+    kept = {k: _counted(v) for k, v in value.items()}
+    return {k: v for k, v in kept.items() if v is not None and not (type(v) is int and v == 0) and v != {}}
 
 
 def _openai(r: _Reader, prompt_name: str, completion_name: str, source: str) -> NormalizedUsage:

@@ -240,8 +240,15 @@ MIXED_DETAILS = {"cached_tokens": 200, "cache_write_tokens": 50}
         # both names given alike: read once
         {"input_tokens": 1000, "output_tokens": 100, "input_tokens_details": MIXED_DETAILS,
          "prompt_tokens_details": MIXED_DETAILS, "output_tokens_details": {"reasoning_tokens": 60}},
+        # both names, the same counts, one spelling out its zeros and nulls (review of 26108d9: was
+        # refused, "differs", and the gateway charged its metered output instead): read once
+        {"input_tokens": 1000, "output_tokens": 100, "input_tokens_details": MIXED_DETAILS,
+         "prompt_tokens_details": {**MIXED_DETAILS, "audio_tokens": 0, "image_tokens": None,
+                                   "cached_tokens_details": {"audio_tokens": 0}},
+         "output_tokens_details": {"reasoning_tokens": 60},
+         "completion_tokens_details": {"reasoning_tokens": 60, "audio_tokens": 0, "accepted_prediction_tokens": None}},
     ],
-    ids=["responses-totals-chat-details", "chat-totals-responses-details", "both-alike"],
+    ids=["responses-totals-chat-details", "chat-totals-responses-details", "both-alike", "both-alike-zeros-spelt"],
 )
 def test_openai_details_under_the_other_apis_names_are_read(usage):
     assert canonical(normalize_openai(usage)) == (750, 200, 50, 40, 60)
@@ -252,4 +259,8 @@ def test_openai_details_given_under_both_names_that_differ_are_refused_naming_th
              "prompt_tokens_details": {"cached_tokens": 300}}
     with pytest.raises(InvalidUsageError) as info:
         normalize_openai(usage)
+    assert field_names(info.value) == {"input_tokens_details"}
+    # a count one gives and the other leaves out (not 0) differs too: 200 cached or none
+    with pytest.raises(InvalidUsageError) as info:
+        normalize_openai({**usage, "prompt_tokens_details": {"audio_tokens": 0}})
     assert field_names(info.value) == {"input_tokens_details"}
