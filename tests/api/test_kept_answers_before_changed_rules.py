@@ -31,14 +31,20 @@ async def test_a_webhook_endpoint_kept_under_its_key_replays_after_the_address_p
     allowed 10.0.0.0/8 (TOKENTILL_WEBHOOK_ALLOWED_NETWORKS). With the allowance dropped (the server
     started again without it), the same call under k is answered as kept (201: the same endpoint and
     secret, the only way to get that secret again), not 422 naming url; another body under k at
-    10.9.9.9 is 422 naming url, one at a public address 409 idempotency_conflict. One endpoint made."""
+    10.9.9.9 is 422 naming url, one at a public address 409 idempotency_conflict. The same for its
+    change of URL to http://10.1.2.4/hook under key p (200 then; as kept now; 10.9.9.9 under p 422,
+    a description under p 409). One endpoint made, at 10.1.2.4."""
     key = {"Idempotency-Key": f"wh-{uuid.uuid4().hex[:10]}"}
+    patch_key = {"Idempotency-Key": f"wh-patch-{uuid.uuid4().hex[:10]}"}
     body = {"url": "http://10.1.2.3/hook", "topics": ["*"]}
     async with api_client(
         database_url, admin=ADMIN, send_admin=True, webhook_addresses=AddressPolicy(parse_networks("10.0.0.0/8"))
     ) as allowed:
         first = await allowed.post("/v1/webhook-endpoints", json=body, headers=key)
         assert first.status_code == 201, first.text
+        path, moved = f"/v1/webhook-endpoints/{first.json()['id']}", {"url": "http://10.1.2.4/hook"}
+        changed = await allowed.patch(path, json=moved, headers=patch_key)
+        assert (changed.status_code, changed.json()["url"]) == (200, moved["url"]), changed.text
     made = first.json()
     try:
         async with api_client(database_url, admin=ADMIN, send_admin=True) as guarded:
@@ -59,8 +65,20 @@ async def test_a_webhook_endpoint_kept_under_its_key_replays_after_the_address_p
                 "idempotency_conflict",
                 [],
             )
-            listed = [e["id"] for e in (await guarded.get("/v1/webhook-endpoints")).json() if e["url"] == body["url"]]
-            assert made["id"] in listed
+            # its change of URL under p, the same: answered as kept (200); another URL refused 422, else 409
+            again = await guarded.patch(path, json=moved, headers=patch_key)
+            assert (again.status_code, again.json()) == (200, changed.json()), again.text
+            _refused(
+                await guarded.patch(path, json={"url": "http://10.9.9.9/hook"}, headers=patch_key),
+                422,
+                "validation_error",
+                ["url"],
+            )
+            _refused(
+                await guarded.patch(path, json={"description": "x"}, headers=patch_key), 409, "idempotency_conflict", []
+            )
+            listed = [e["url"] for e in (await guarded.get("/v1/webhook-endpoints")).json() if e["id"] == made["id"]]
+            assert listed == [moved["url"]]
     finally:
         async with api_client(database_url, admin=ADMIN, send_admin=True) as cleanup:
             assert (await cleanup.delete(f"/v1/webhook-endpoints/{made['id']}")).status_code == 200
