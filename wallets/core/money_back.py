@@ -81,8 +81,10 @@ def rounded(placed: dict[tuple[int, str], int], shares: Mapping[str, int], paid_
             bound: Mapping[tuple[int, str], int] | None = None) -> None:
     """The payer rows follow the postings of a give-back in multiples of `step` (a note's whole
     minor units, give_back): what an account was posted differs from its exact share (`shares`) by
-    less than `step` (the receivable's share rounded down, the fraction left to the last lot given
-    money back); that difference is its part rows', not the exact parts': taken off its rows (the
+    at most `step` (the receivable's share rounded down, the fraction left to the last lot given
+    money back, and the note's own rounding, which takes back the close's and the notes' before it:
+    a whole `step` where both were half of one, -$0.09 moving -$0.08 on an invoice whose close
+    rounded $1.125 down); that difference is its part rows', not the exact parts': taken off its rows (the
     last charge's first, none below nothing) or added to its last charge's row, and the opposite
     named `rounding` (the rounding account's: never a payer's bound; take_back takes it from there).
     The receivable beside a credit lot is to_credit's (its rows already follow what came off what
@@ -98,7 +100,7 @@ def rounded(placed: dict[tuple[int, str], int], shares: Mapping[str, int], paid_
             continue
         diff = got.get(account, 0) - asked
         rows = sorted((key for key, units in placed.items() if key[1] == account and units > 0), reverse=True)
-        if not diff or abs(diff) >= step or not rows:
+        if not diff or abs(diff) > step or not rows:
             continue
         fits = [key for key in rows if bound is None or key not in bound or placed[key] + diff <= bound[key]]
         moves = [(fits[0], diff)] if diff > 0 and fits else []

@@ -269,3 +269,59 @@ async def test_a_note_s_rounding_up_goes_to_a_payer_s_row_only_where_it_fits_in_
     assert rows == {(fifth, mine): 155 * MIL // 10, (fifth, chart.rounding_account("USD")): -5 * MIL // 10,
                     (twentieth, mine): 5 * CENT, (twentieth, paid): 95 * CENT}
     await verified(bk)
+
+
+async def test_a_note_a_whole_cent_off_its_total_leaves_rows_of_what_the_receivable_was_posted(fresh_db) -> None:
+    """A note's money can be a whole minor unit from its exact total (it rounds the invoice's running
+    figure, the close's rounding with it): then the receivable was posted a cent less than its exact
+    share, and the rows must say so too (money_back.rounded took a difference of a whole `step` for
+    no rounding at all and kept the exact parts).
+
+    By hand. Book `vol` v1: model-v output $20/M up to 100,000 tokens, $10/M beyond. Postpaid, on the
+    receivable: the 5th's 60,000 tokens ($1.20), the 20th's 52,500 ($0.80 + 12,500 x $10/M = $0.925).
+    The close: 112,500 x $10/M = $1.125, true-up -$1.00 (the 5th $1.20 - $0.60 = $0.60 over, the 20th
+    $0.925 - $0.525 = $0.40), owed $1.125, due $1.12 (112.5 cents half to even), its rounding -$0.005.
+    Re-rated on December 2nd to $20/M and $9.20/M: the 20th $0.80 + $0.115 = $0.915 (-$0.01); at the
+    tier 112,500 x $9.20/M = $1.035, the true-up $1.035 - $2.115 = -$1.08, -$0.08 more: of the 5th
+    $1.20 - $0.552 = $0.648 over, $0.60 given, $0.048 more; of the 20th $0.915 - $0.483 = $0.432,
+    $0.40 given, $0.032. -$0.09 exact; the note moves round(-$0.09 + $0.005) = round(-$0.085) = -$0.08
+    (half to even), the rounding account keeps $0.01. Posted: the receivable -$0.08 off what is owed
+    ($1.04 = round($1.035)), $0.01 of it the 20th's own decrease, so $0.07 of the parts: the rows the
+    receivable $0.048 of the 5th and $0.022 of the 20th (the last charge's row first), the rounding
+    account $0.01 of the 20th. Before, the receivable's rows kept $0.048 and $0.032, $0.08 of parts.
+
+    A $5.00 grant on the 2nd; re-rated back on the 3rd (from November 2nd) to $20/M and $10/M: +$0.09
+    exact, the debit note round(-$0.09 + $0.09 + $0.005) = round($0.005) = $0 less -$0.08: +$0.08. It
+    takes back of each charge what its payers got: the receivable $0.048 and $0.022 ($1.11 owed), the
+    rounding account's $0.01 (what it kept); the rest, $0.08 - $0.07 = $0.01, the 20th's own increase,
+    is paid like usage, from the grant ($4.99). Every part back where the close left it, the rounding
+    account's rows of the 20th net to 0. Before, the receivable's rows took $0.08 back onto what is
+    owed ($1.12: a cent the rounding account had kept) and the grant paid nothing ($5.00)."""
+    bk = BillingKit(fresh_db)
+    cid = "rounded-a-cent"
+    await vol_customer(bk, cid, billing_mode="postpaid")
+    for day, tokens in ((5, 60_000), (20, 52_500)):
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+    await bk.close(CLOSED)
+    assert (await bk.service.wallet(cid)).receivable == 112 * CENT
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "9.20"))
+    bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
+    done = await applied(bk, spec("v2"))
+    assert done["delta"] == "-0.09"
+    assert (await bk.service.wallet(cid)).receivable == 104 * CENT
+    receivable, rounding = chart.receivable_account(cid), chart.rounding_account("USD")
+    fifth, twentieth = sorted({charge for charge, _ in await _rows(bk, done["rerate_id"])})
+    assert await _rows(bk, done["rerate_id"]) == {
+        (fifth, receivable): 48 * MIL, (twentieth, receivable): 22 * MIL, (twentieth, rounding): 10 * MIL}
+    await verified(bk)
+    grant = await _lot(bk, cid, "grant", "5.00")
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "10"))
+    bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
+    again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
+    assert again["delta"] == "0.09"
+    assert (await bk.service.wallet(cid)).receivable == 111 * CENT
+    assert await live_lots(bk, cid) == {grant: ("grant", 499 * CENT)}
+    assert await _rows(bk, again["rerate_id"]) == {
+        (fifth, receivable): -48 * MIL, (twentieth, receivable): -22 * MIL, (twentieth, rounding): -10 * MIL}
+    await verified(bk)
