@@ -289,15 +289,26 @@ def write_csv(conn: psycopg.Connection, out: TextIO, window: Window = Window(),
     total = conn.execute(f"SELECT count(*) FROM journal_entries j JOIN postings p ON p.lane = j.lane "
                          f"AND p.entry_id = j.id WHERE {WINDOW_SQL}", window.params()).fetchone()[0] if progress else 0
     out.write(",".join(CSV_COLUMNS) + "\n")
-    rows = 0
+    rows, quoted = 0, False
     with conn.cursor() as cur, cur.copy(_CSV, {**window.params(), **_shown_params(shown)}) as copy:
         for chunk in copy:
             data = bytes(chunk)
             out.write(data.decode())
-            rows += data.count(b"\n")  # a quoted value may hold a newline: progress only
+            ended, quoted = csv_rows_ended(data, quoted)
+            rows += ended
             if progress:
                 progress(rows, total)
     return Summary(None, rows)
+
+
+def csv_rows_ended(data: bytes, quoted: bool) -> tuple[int, bool]:
+    """The CSV rows that end in `data` (its newlines outside quoted values) and whether it ends
+    inside a quoted value, given whether it starts inside one. A request id may hold a line break,
+    which COPY writes in quotes: counting every newline counted that row twice (`exported 6
+    postings` of 4). An escaped quote ("") toggles twice, so the parity of quotes is the state."""
+    parts = data.split(b'"')
+    ended = sum(part.count(b"\n") for i, part in enumerate(parts) if (i % 2 == 1) == quoted)
+    return ended, quoted != (len(parts) % 2 == 0)
 
 
 # JSON lines: a header, the accounts, then each seal followed by its entries (in id order, each
