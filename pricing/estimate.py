@@ -140,7 +140,9 @@ def estimate_upper_bound(
         return _line(resolved, model, token_type, quantity, rule, overrides, prompt_tokens)
 
     text = prompt_tokens - input_audio_tokens
-    if prompt_cache_write is None:
+    if not text and resolved.prices_model(model):
+        lines = []  # no prompt needs no input price, as no output budget needs no output price
+    elif prompt_cache_write is None:
         lines = [line("input", text)]
     else:  # written to the cache: at the dearer price (a type a format 1 book does not know, as its own)
         cache = prompt_cache_write if resolved.format != 1 else KINDS[prompt_cache_write].legacy or "cache_write"

@@ -395,3 +395,20 @@ def test_discounts_covering_a_type_are_summed_and_never_take_off_more_than_its_p
         assert charges_other_types(book, "model-c", {}, AT, overrides) is (left > 0)
     with pytest.raises(PriceBookValidationError, match="more than 100"):
         Overrides(discounts=(Discount("all", Decimal("60")), Discount("cache", Decimal("50"), model="model-c")))
+
+
+def test_an_estimate_with_no_prompt_needs_no_input_price():
+    """A model its book prices on output alone is held for its output budget when the estimate
+    has no prompt, as a settle of its output alone is charged (it was unpriced_model naming
+    input, a price 0 tokens do not need); a prompt still needs one, and a model no rule names
+    is still refused."""
+    voice = version({"id": "v-out", "model": "voice", "token_type": "output", "price": "15"})
+    rating = estimate_upper_bound(voice, "voice", 0, 1000, {}, AT)
+    # 1,000 output tokens at $15 per 1M = $0.015
+    assert [(ln.token_type, ln.quantity, ln.amount) for ln in rating.lines] == [("output", 1000, Decimal("0.015"))]
+    assert rate(Usage("voice", {"output": 1000}, AT, {}), voice).total == rating.total
+    with pytest.raises(UnpricedModelError) as prompt:
+        estimate_upper_bound(voice, "voice", 1, 1000, {}, AT)
+    assert prompt.value.token_type == "input"
+    with pytest.raises(UnpricedModelError):
+        estimate_upper_bound(voice, "nobody", 0, 0, {}, AT)
