@@ -897,6 +897,49 @@ _CLOSE_PAYERS = f"""
      ORDER BY r.customer_id, r.period, r.payer"""
 
 
+# What a true-up's payer rows give each account, tied to its entry where the entry recorded what it
+# posted each account beyond its rows (`beyond_payer_rows`, written since this check: part of the
+# entry's hash): of each account the rows, the rows of none aside, and that record sum to what the
+# entry gave it back (credited it less debited it), so a row changed, moved to another payer or
+# added by hand names each payer it gives more or less than its entry posted it. A re-rate's entry
+# (kind rerate_adjustment, keyed by its re-rate, customer and period) and a close's (volume_true_up)
+# alike; an entry without the record (written before it) is not tied here (a close's: _CLOSE_PAYERS),
+# nor the rows of a re-rate that posted no entry (its lines netted 0: nothing posted any payer).
+# Second column: the account.
+_ENTRY_PAYERS = """
+    WITH e AS MATERIALIZED (  -- in its customer's lane, under its own key: a copy elsewhere is a forger's
+        SELECT * FROM (
+            SELECT j.lane, j.id, j.customer_id, j.key, j.metadata -> 'beyond_payer_rows' AS beyond,
+                   CASE WHEN j.kind = 'rerate_adjustment' THEN j.metadata ->> 'rerate_id' ELSE '' END AS rerate,
+                   substring(j.key from '[^:]+$') AS period
+              FROM journal_entries j
+             WHERE j.kind IN ('rerate_adjustment', 'volume_true_up') AND j.metadata ? 'beyond_payer_rows'
+               AND j.lane = ledger_lane(j.customer_id)) j
+         WHERE j.key = coalesce('rerate:' || nullif(j.rerate, '') || ':', 'true-up:') || j.customer_id || ':'
+                       || j.period),
+    posted AS (
+        SELECT e.lane, e.id, a.code AS account, -sum(p.amount) AS units
+          FROM e JOIN postings p ON p.lane = e.lane AND p.entry_id = e.id JOIN accounts a ON a.id = p.account_id
+         GROUP BY 1, 2, 3),
+    kept AS (
+        SELECT e.lane, e.id, b.key AS account, b.value::numeric AS units
+          FROM e CROSS JOIN LATERAL jsonb_each_text(e.beyond) b),
+    rows AS (
+        SELECT e.lane, e.id, t.payer AS account, sum(t.units) AS units
+          FROM e JOIN true_up_payers t ON t.lane = e.lane AND t.customer_id = e.customer_id
+           AND t.period = e.period AND coalesce(t.rerate_id, '') = e.rerate
+         WHERE t.payer IS NOT NULL GROUP BY 1, 2, 3)
+    SELECT format('true-up record of %s of customer %s, %s: its payers'' rows give %s %s back, its entry posted '
+                  'it %s (%s of it beyond its payers'' rows, as it recorded)',
+                  coalesce('re-rate ' || nullif(e.rerate, ''), 'the close'), e.customer_id, e.period, x.account,
+                  coalesce(x.rows, 0), coalesce(x.posted, 0), coalesce(x.kept, 0)), x.account
+      FROM (SELECT lane, id, account, p.units AS posted, k.units AS kept, r.units AS rows
+              FROM posted p FULL JOIN kept k USING (lane, id, account) FULL JOIN rows r USING (lane, id, account)) x
+      JOIN e ON e.lane = x.lane AND e.id = x.id
+     WHERE coalesce(x.posted, 0) <> coalesce(x.rows, 0) + coalesce(x.kept, 0)
+     ORDER BY 1"""
+
+
 async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
     """Re-rates: each adjustment entry moved usage revenue by exactly what its charges' adjustments
     changed; each credit note is intact, numbered without gaps, its lines sum to its total, which
@@ -1077,6 +1120,9 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         named |= {problem.split(": ", 1)[0] for problem, tie in payer_rows if tie}
         problems += [problem for problem, payer in (await conn.execute(text(_CLOSE_PAYERS)))
                      if problem.split(": ", 1)[0] not in named and (problem.split(": ", 1)[0], payer) not in bounded]
+        # a true-up's rows tied to what its entry posted each payer beyond them, as it recorded
+        problems += [problem for problem, payer in (await conn.execute(text(_ENTRY_PAYERS)))
+                     if problem.split(": ", 1)[0] not in named and (problem.split(": ", 1)[0], payer) not in bounded]
     return problems_check(
         "credit_notes", problems, "re-rate entries move revenue by their charges' adjustments and true-up "
         "corrections (a re-rate that posted none: they net 0 with the corrections it kept); what each true-up (a "
@@ -1085,7 +1131,8 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         "(its cost there rounded up to the atomic unit) up to what its line left, the charges in order; what each "
         "payer got of each charge: its true-up's rows of the charge, and in all between nothing and what it paid of "
         "it, and of a close's, in all no more than its entry posted it nor less than that less what it posted beyond "
-        "every payer's rows; credit notes "
+        "every payer's rows; of an entry that recorded what it posted each account beyond its payers' rows, each "
+        "account's rows and that are what it posted it; credit notes "
         "tie out to them (their money in whole minor units, the rest on the rounding account), intact and numbered "
         "without gaps")
 

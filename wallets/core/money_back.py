@@ -55,6 +55,19 @@ def payer_rows(parts: Mapping[str, Mapping[int, int]], placed: Mapping[tuple[int
     return tuple(rows)
 
 
+def beyond_rows(legs: Legs, rows: Iterable[tuple[int, str | None, int]]) -> dict[str, int]:
+    """What a true-up's entry gave each account back (credited it, less debited it) beyond that
+    account's payer rows (`rows`, payer_rows), nonzero, by account: kept in the entry's metadata
+    (`beyond_payer_rows`, part of its hash) so verify ties each payer's rows to its posting, the
+    posting being the rows and this (a re-rate's charge decreases and increases, a rule's rest,
+    the revenue's and rounding's legs)."""
+    out = {p.account: -p.amount for p in legs.postings()}
+    for _, account, units in rows:
+        if account is not None:
+            out[account] = out.get(account, 0) - units
+    return {account: units for account, units in sorted(out.items()) if units}
+
+
 def to_credit(placed: dict[tuple[int, str], int], paid: Sequence[tuple[str, int]], lot: LotOpened | None,
               receivable: str, own: int = 0) -> None:
     """The payer rows follow the postings: of what `placed` gives the receivable of each charge's

@@ -68,6 +68,7 @@ from wallets.core.decision import (
 from wallets.core.invoicing import CONTRACT
 from wallets.core.legs import Legs, entry, funding, return_target, settlement, settlement_legs
 from wallets.core.money_back import (
+    beyond_rows,
     closed_moves,
     each_charge_first,
     give_back,
@@ -754,19 +755,21 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     # what it gave to (or took from) where the money of lots closed since went, for each: the next
     # correction takes from there at most what is left for the lot (store.load_payers)
     moved = closed_moves(w, paid, now)
+    payers = payer_rows(parts, placed) if parts else ()
     posted = entry(f"rerate:{cmd.rerate_id}:{c.id}:{cmd.period}", "rerate_adjustment", legs, c.id, now,
                    {"rerate_id": cmd.rerate_id, "original_period": origin, "price_book": cmd.book_id,
                     "price_version": cmd.version, "charges": [x.charge.id for x in found],
                     **({"true_ups": [f.record() for f in fixes]} if fixes else {}),
                     **({"closed_lots": moved} if moved else {}),
-                    **({"amount_rounding": rounding} if rounding else {})})
+                    **({"amount_rounding": rounding} if rounding else {}),
+                    # what it posted each account beyond its payer rows: verify ties the rows to it
+                    **({"beyond_payer_rows": beyond_rows(legs, payers)} if parts else {})})
     # its lines by the period of their usage (`original_period` on the invoice); what paid them once
     effects: list[Any] = [*([lot] if lot is not None else [])]
     if posted is None and fixes:  # lines netting 0: no entry's metadata keeps the true-ups' corrections
         effects.append(TrueUpsCorrected(c.id, cmd.rerate_id, cmd.period, tuple(tuple(f.record()) for f in fixes)))
     if parts:
-        effects.append(TrueUpChargesGiven(c.id, cmd.period, cmd.rerate_id, given_rows(parts),
-                                          payer_rows(parts, placed)))
+        effects.append(TrueUpChargesGiven(c.id, cmd.period, cmd.rerate_id, given_rows(parts), payers))
     for i, (source, _, xs, fs) in enumerate(groups):
         lines = tuple({"kind": "adjustment", "model": r["model"], "token_type": r["token_type"], "quantity": 0,
                        "unit_price": None, "amount_units": r["delta"], "rule_id": None,

@@ -174,6 +174,40 @@ async def test_a_rerate_takes_back_of_a_split_charge_from_what_each_payer_got_of
     assert taken == {(again["rerate_id"], first, a): -18 * CENT, (again["rerate_id"], second, b): -12 * CENT}
 
 
+async def test_verify_names_the_payers_whose_re_rate_rows_were_moved_between_them(fresh_db) -> None:
+    """As above, the second re-rate (to $20/M and $8/M) takes back $0.18 of the 5th from A and
+    $0.12 of the 20th from B (its rows), and A pays the 20th's +$0.09 like usage: its entry debits
+    A $0.18 + $0.09 = $0.27 (A $0.70 -> $0.43) and B $0.12 ($4.65 -> $4.53), so it gave A back
+    -$0.27, -$0.09 beyond A's rows, and B -$0.12, nothing beyond its rows. By hand (raw SQL, rolled
+    back) A's row of the 5th made -$0.08 and a B row of the 5th of -$0.10 added: the 5th's rows
+    still sum to the -$0.18 the re-rate took back of it, A got $0.70 - $0.08 = $0.62 of the $1.00 it
+    paid of it and B $0.20 - $0.10 = $0.10 of its $0.20, so the per-charge sums and the bounds took
+    it for right. Verify now ties each payer's rows to what the entry posted it less what it records
+    beyond them: A's rows -$0.08 + -$0.09 = -$0.17 where -$0.27 was posted, B's -$0.12 - $0.10 =
+    -$0.22 + 0 where -$0.12 was. Before, verify passed (no problem)."""
+    bk = BillingKit(fresh_db)
+    cid = "split-moved"
+    a, b = await _split_charge(bk, cid)
+    await _rerated(bk, "20", "5")
+    again = await _rerated_again(bk, "20", "8")
+    assert await live_lots(bk, cid) == {a: ("topup", 43 * CENT), b: ("topup", 453 * CENT)}
+    await verified(bk)
+    first = min(charge for _, charge, _ in await _payers(bk, cid))  # the 5th
+    payer_a, payer_b = chart.lot_account(cid, a), chart.lot_account(cid, b)
+    params = {"a": payer_a, "b": payer_b, "first": first, "r": again["rerate_id"]}
+    record = f"true-up record of re-rate {again['rerate_id']} of customer {cid}, 2026-11"
+    assert await _damaged(bk, params, """
+        INSERT INTO true_up_payers (lane, customer_id, period, rerate_id, charge_id, payer, units, created_at, written)
+        SELECT lane, customer_id, period, rerate_id, charge_id, :b, -100000000, created_at, written
+          FROM true_up_payers WHERE rerate_id = :r AND charge_id = :first AND payer = :a""",
+        "UPDATE true_up_payers SET units = -80000000 WHERE rerate_id = :r AND charge_id = :first AND payer = :a",
+        ordered=True) == ["credit_notes", *sorted([
+            f"{record}: its payers' rows give {payer_a} {-8 * CENT} back, its entry posted it {-27 * CENT} "
+            f"({-9 * CENT} of it beyond its payers' rows, as it recorded)",
+            f"{record}: its payers' rows give {payer_b} {-22 * CENT} back, its entry posted it {-12 * CENT} "
+            f"(0 of it beyond its payers' rows, as it recorded)"])]
+
+
 async def test_verify_bounds_each_payer_by_the_true_ups_as_written_when_two_re_rates_share_an_instant(fresh_db) -> None:
     """Two re-rates written at the same instant (one clock reading, as the kit's clock is here): the
     second gives back, of each charge, what the first gave. Re-rated to $20/M and $5/M on December
