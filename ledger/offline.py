@@ -150,6 +150,18 @@ _SHAPES = {
 _OPTIONAL = {"seal": {"hash_version", "sealed_at"}, "entry": {"recorded_at"}}
 
 
+# The fields an export header carries (none needed: `whole` is checked on its own).
+_HEADER = {"format", "version", "exported_at", "whole", "from", "to"}
+
+
+def _unwritten(kind: str, rec: dict) -> str | None:
+    """A field of `rec` that no export writes on a record of its kind: no hash covers it and
+    nothing is checked against it, so a file carrying one (an entry's `"note": "refunded"`) was
+    verified intact, vouching for text its seals never saw."""
+    known = _HEADER if kind == "export" else _SHAPES.get(kind)
+    return None if known is None else next((name for name in rec if name != "type" and name not in known), None)
+
+
 def _wrong(kind: str, rec: dict) -> str | None:
     optional = _OPTIONAL.get(kind, set())
     return next((name for name, ok in _SHAPES.get(kind, {}).items()
@@ -262,6 +274,9 @@ class _Verifier:
             self.report.fail(f"line {number} is not a record of the export")
             return
         wrong = _wrong(kind, rec) if isinstance(kind, str) else None
+        unwritten = _unwritten(kind, rec) if isinstance(kind, str) else None
+        if unwritten is not None:  # the record is still checked: its other problems are named too
+            self.report.fail(f"line {number}: the {kind} record carries {unwritten!r}, a field no export writes")
         self.past_first_seal = self.past_first_seal or kind == "seal"
         if self.ended:
             self.report.fail(f"line {number} follows the end record")

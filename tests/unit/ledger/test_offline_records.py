@@ -135,3 +135,35 @@ def test_an_unsealed_entry_reusing_a_sealed_entry_s_id_is_named():
     report = verify_lines(lines)
     assert report.problems == ["entry 1 (line 7) lies among the unsealed entries, but a sealed entry has the "
                                "same id: an entry id is given once"]
+
+
+@pytest.mark.parametrize(("line", "record", "field"), [
+    # an entry told a reader more than its seal saw: a note, or a figure beside the postings
+    (5, {**ENTRY, "sealed_hash": DIGEST.hex(), "note": "refunded in full"}, "note"),
+    (5, {**ENTRY, "sealed_hash": DIGEST.hex(), "amount": "500.00"}, "amount"),
+    (4, {**SEAL, "approved_by": "the auditor"}, "approved_by"),
+    (2, {**ACCOUNTS[0], "balance": "500.00"}, "balance"),
+    (1, {"type": "export", "whole": True, "signed_by": "the ledger's auditor"}, "signed_by"),
+    (7, {"type": "end", "entries": 1, "seals": 1, "unsealed": 0, "total": "500.00"}, "total"),
+])
+def test_a_field_no_export_writes_is_named(line, record, field):
+    """The intact file with one record carrying a field the export never writes. No hash covers
+    it and nothing is checked against it, so the file verified intact (0 problems) while a person
+    reading it read the field: `"note": "refunded in full"` on a sealed top-up. Now it is named, on
+    its line; the record is still checked, so with nothing else changed it is the one problem."""
+    lines = _file(SEAL, ENTRY)
+    lines[line - 1] = json.dumps(record).encode()
+    report = verify_lines(lines)
+    kind = record["type"]
+    assert report.problems == [f"line {line}: the {kind} record carries {field!r}, a field no export writes"]
+
+
+def test_a_field_no_export_writes_is_named_beside_the_alteration_of_its_record():
+    """An entry whose cash posting was made 6 (the lot's -6: still balanced, but not what seal 1
+    stored) and which carries a note: both are named, the note first (its line is read first)."""
+    lines = _file(SEAL, ENTRY)
+    altered = [[1, "asset:platform:cash:USD", 0, 6, "USD"], [2, "liability:customer:a:lot:x", 0, -6, "USD"]]
+    lines[4] = json.dumps({**ENTRY, "sealed_hash": DIGEST.hex(), "postings": altered, "note": "6"}).encode()
+    report = verify_lines(lines)
+    assert report.problems == ["line 5: the entry record carries 'note', a field no export writes",
+                               "entry 1 was altered: its content does not match the hash seal 1 stored for it"]
