@@ -200,6 +200,33 @@ async def test_a_redrive_sends_one_event_again_and_everything_since_a_time(clien
         await hook.wait_for(for_customer(first), count=4)
 
 
+async def test_a_redrive_from_an_event_goes_by_its_timestamp_not_its_created_at(client):
+    """Guard (README's re-drive row): a window's bounds are the times the events were written, the
+    body's `timestamp` (the deliveries' `event_at`: when the writing transaction began), not
+    `data.created_at` (when its rules decided it, after the batch's load: 4-11 ms later here). From an
+    event's timestamp and id, the event and what follows are sent again; from its created_at and id,
+    the event itself is not."""
+    with receiver() as hook:
+        endpoint = await _endpoint(client, hook.url, ["balance.low"])
+        customer = await _low_balance(client)
+        [got] = await hook.wait_for(for_customer(customer))
+        event, path = got.event, f"/v1/webhook-endpoints/{endpoint['id']}/redrive"
+        written, decided = (datetime.fromisoformat(t) for t in (event["timestamp"], event["data"]["created_at"]))
+        delivered = (await client.get(f"/v1/webhook-endpoints/{endpoint['id']}/deliveries",
+                                      params={"event_id": got.webhook_id})).json()["items"]
+        assert [d["event_at"] for d in delivered] == [event["timestamp"]]
+        assert written <= decided
+        from_it = await client.post(path, json={"since": event["timestamp"], "since_event_id": got.webhook_id,
+                                                "until": (decided + timedelta(seconds=1)).isoformat()})
+        assert (from_it.status_code, from_it.json()["scheduled"]) == (202, 1), from_it.text
+        await hook.wait_for(for_customer(customer), count=2)
+        if written < decided:  # the window from created_at starts after the event was written
+            after = await client.post(path, json={"since": event["data"]["created_at"],
+                                                  "since_event_id": got.webhook_id,
+                                                  "until": (decided + timedelta(seconds=1)).isoformat()})
+            assert (after.status_code, after.json()["scheduled"]) == (202, 0), after.text
+
+
 async def test_a_redrive_by_event_id_refuses_an_event_of_a_topic_the_endpoint_does_not_subscribe_to(client):
     """Before: a re-drive by event_id queued any event to any endpoint (202, scheduled 1): one
     subscribed to budget.* only was sent a balance.low, and so was one whose topics had moved
