@@ -292,6 +292,7 @@ async def import_price_books(state: State, data: Annotated[dict[str, Any], json_
     reports = await import_genai_prices(state.services.db, request.provider, request.model, at,
                                         wallets.clock().date().isoformat(), wallets.clock)
     if not reports:
-        raise NotFoundError(f"genai-prices has no {'model ' + request.model if request.model else 'provider'} "
-                            f"{request.provider or ''}".strip())
+        of = f" of provider {request.provider}" if request.provider else ""
+        raise NotFoundError(f"genai-prices has no model {request.model}{of}" if request.model
+                            else f"genai-prices has no provider {request.provider}")
     return ImportPricesResponse([ImportedBookResponse(**r.as_dict()) for r in reports])

@@ -59,6 +59,12 @@ async def test_an_effective_from_finer_than_a_microsecond_takes_effect_at_the_ne
 async def test_an_unknown_provider_is_not_found(client: AsyncTestClient):
     response = await client.post("/v1/price-books/import", json={"source": "genai-prices", "provider": "nobody"})
     assert response.status_code == 404 and response.json()["code"] == "not_found"
+    assert response.json()["detail"] == "genai-prices has no provider nobody"
+    # a model the provider does not have: the provider is named as such (it read "has no model no-such-model x-ai")
+    model = await client.post("/v1/price-books/import", json={"source": "genai-prices", "provider": "x-ai",
+                                                                "model": "no-such-model"})
+    assert (model.status_code, model.json()["detail"]) == (
+        404, "genai-prices has no model no-such-model of provider x-ai")
     wrong = await client.post("/v1/price-books/import", json={"source": "elsewhere"})
     assert wrong.status_code == 422 and wrong.json()["code"] == "validation_error"
 
