@@ -100,7 +100,8 @@ class AddressPolicy:
             return f"{address} is a multicast address"
         if not address.is_global or address.is_reserved or any(address in net for net in _NOT_PUBLIC):
             kind = next((name for name, test in _KINDS if test(address)), "non-public")
-            return (f"{address} is a {kind} address; name its network in TOKENTILL_WEBHOOK_ALLOWED_NETWORKS"
+            article = "an" if kind[0] in "aeiou" else "a"
+            return (f"{address} is {article} {kind} address; name its network in TOKENTILL_WEBHOOK_ALLOWED_NETWORKS"
                     " to allow it")
         return None
 

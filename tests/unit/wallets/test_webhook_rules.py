@@ -184,6 +184,7 @@ def test_a_public_address_in_any_spelling_and_names_that_only_look_numeric_pass(
 @pytest.mark.parametrize(("url", "message"), [
     ("http://localhost:9999/hook", "deliveries may not go to localhost: 127.0.0.1 is a loopback address"),
     ("http://10.0.0.5/x", "deliveries may not go to 10.0.0.5: 10.0.0.5 is a private address"),
+    ("http://0.0.0.0/x", "deliveries may not go to 0.0.0.0: 0.0.0.0 is an unspecified address"),
 ])
 def test_the_refusal_names_the_host_then_why_in_one_sentence(url, message):
     # The message read "deliveries may not go to 127.0.0.1 is a loopback address" (two clauses
