@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from api.bearer import key_problem
 from api.gateway.calls import SERVER_TOOL_MAX_USES, SERVER_TOOL_RESULT_TOKENS
+from pricing.usage import MAX_QUANTITY
 from wallets.commands import MAX_TTL_SECONDS
 
 # The betas (`anthropic-beta`, `openai-beta` values) a call may carry upstream unless the operator lists
@@ -115,11 +116,14 @@ class GatewaySettings:
             openai_key=key(env, "TOKENTILL_UPSTREAM_OPENAI_KEY"),
             anthropic_url=upstream_url(env, "TOKENTILL_UPSTREAM_ANTHROPIC", ANTHROPIC_URL),
             anthropic_key=key(env, "TOKENTILL_UPSTREAM_ANTHROPIC_KEY"),
-            default_max_output_tokens=whole_number(env, "TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS", 4096),
-            context_hold_tokens=whole_number(env, "TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS", 400_000),
-            server_tool_max_uses=whole_number(env, "TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES", SERVER_TOOL_MAX_USES),
-            server_tool_result_tokens=whole_number(env, "TOKENTILL_GATEWAY_SERVER_TOOL_RESULT_TOKENS",
-                                                SERVER_TOOL_RESULT_TOKENS),
+            # token counts a hold can count (MAX_QUANTITY): with a cap of 10**20, every call that set
+            # none was refused, 400 naming a field (`n`) its caller never set
+            default_max_output_tokens=whole_number(env, "TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS", 4096,
+                                                   most=MAX_QUANTITY),
+            context_hold_tokens=whole_number(env, "TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS", 400_000, most=MAX_QUANTITY),
+            server_tool_max_uses=whole_number(env, "TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES", SERVER_TOOL_MAX_USES,
+                                              most=MAX_QUANTITY),
+            server_tool_result_tokens=_tool_results(env),
             # a hold no longer than a reserve may ask for: 1e12 s put its expiry past the year 9999
             # and every call's reserve failed in the wallet core
             hold_seconds=whole_number(env, "TOKENTILL_GATEWAY_HOLD_SECONDS", 600, most=MAX_TTL_SECONDS),
@@ -154,10 +158,25 @@ def upstream_url(env: Mapping[str, str], name: str, default: str) -> str:
         parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
     except ValueError:
         parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
-            or parts.fragment or "@" in parts.netloc:
-        raise SystemExit(f"{name} must be an http(s) URL with a host and no query, e.g. {default}, not {raw!r}")
+    # "?" and "#" themselves, not only a query or fragment urlsplit reads: "https://h/v1?" or "…#"
+    # took every call to POST /v1 (the provider's path became the query, or a fragment never sent)
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or "?" in raw or "#" in raw \
+            or "@" in parts.netloc or any(c.isspace() or not c.isprintable() for c in raw):
+        raise SystemExit(f"{name} must be an http(s) URL with a host and no query or fragment, e.g. {default}, "
+                         f"not {raw!r}")
     return raw.rstrip("/")
+
+
+def _tool_results(env: Mapping[str, str]) -> int:
+    """The input tokens held per use of a server tool, such that a tool's default uses of them
+    are a hold's count at most (10**12 uses of 10,000 tokens refused every call with a web search)."""
+    uses = whole_number(env, "TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES", SERVER_TOOL_MAX_USES, most=MAX_QUANTITY)
+    tokens = whole_number(env, "TOKENTILL_GATEWAY_SERVER_TOOL_RESULT_TOKENS", SERVER_TOOL_RESULT_TOKENS,
+                          most=MAX_QUANTITY)
+    if uses * tokens > MAX_QUANTITY:
+        raise SystemExit(f"TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES × TOKENTILL_GATEWAY_SERVER_TOOL_RESULT_TOKENS "
+                         f"({uses:,} × {tokens:,}) must be at most {MAX_QUANTITY:,}, the tokens a hold counts")
+    return tokens
 
 
 def _ca_file(env: Mapping[str, str], name: str) -> str | None:

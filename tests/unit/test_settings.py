@@ -233,7 +233,7 @@ def test_a_database_url_libpq_cannot_read_stops_the_start_in_one_line_without_ec
     ({"TOKENTILL_WEBHOOK_REDRIVE_LIMIT": "1000001"},
      "TOKENTILL_WEBHOOK_REDRIVE_LIMIT must be a whole number from 1 to 1,000,000, not '1000001'"),
     ({"TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS": "-5"},
-     "TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS must be a whole number, 1 or more, not '-5'"),
+     "TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS must be a whole number from 1 to 1,000,000,000,000,000, not '-5'"),
     # a reserve's longest ttl: 7 x 86,400 = 604,800 s
     ({"TOKENTILL_GATEWAY_HOLD_SECONDS": "604801"},
      "TOKENTILL_GATEWAY_HOLD_SECONDS must be a whole number from 1 to 604,800, not '604801'"),

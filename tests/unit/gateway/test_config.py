@@ -33,7 +33,7 @@ def test_the_context_held_for_a_continued_conversation_is_read_and_checked():
     assert GatewaySettings.from_env({}).context_hold_tokens == 400_000
     assert GatewaySettings.from_env({"TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS": "128000"}).context_hold_tokens == 128_000
     for bad in ("0", "-5", "lots"):
-        with pytest.raises(SystemExit, match="TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS must be a whole number, 1 or more"):
+        with pytest.raises(SystemExit, match="TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS must be a whole number from 1 to "):
             GatewaySettings.from_env({"TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS": bad})
 
 
@@ -73,3 +73,36 @@ def test_the_service_tier_setting_is_provider_or_standard():
     assert GatewaySettings.from_env({"TOKENTILL_GATEWAY_SERVICE_TIER": "standard"}).service_tier == "standard"
     with pytest.raises(SystemExit, match="TOKENTILL_GATEWAY_SERVICE_TIER"):
         GatewaySettings.from_env({"TOKENTILL_GATEWAY_SERVICE_TIER": "priority"})
+
+
+@pytest.mark.parametrize("bad", ["https://h/v1?", "https://h/v1#", "https://h/v1/?", "https://h b/v1", "https://h/v 1"])
+def test_an_upstream_url_with_an_empty_query_or_fragment_or_a_space_stops_the_start(bad):
+    # urlsplit reads no query in "…/v1?" and no fragment in "…/v1#", so both were taken, and the
+    # gateway adds the provider's path after them: "https://h/v1?" + "/chat/completions" went to
+    # POST /v1 with the query "/chat/completions", "https://h/v1#" + it to POST /v1 (the path after
+    # the # is a fragment, never sent), every call to the wrong endpoint; a space was sent as %20
+    with pytest.raises(SystemExit, match="TOKENTILL_UPSTREAM_OPENAI must be an http"):
+        GatewaySettings.from_env({"TOKENTILL_UPSTREAM_OPENAI": bad})
+
+
+@pytest.mark.parametrize("name", ["TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS", "TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS",
+                                  "TOKENTILL_GATEWAY_SERVER_TOOL_RESULT_TOKENS",
+                                  "TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES"])
+def test_a_gateway_token_count_no_hold_can_count_stops_the_start_naming_it(name):
+    # a hold counts at most 10**15 tokens (pricing.usage.MAX_QUANTITY): with a default cap of 10**20
+    # every call that set none was refused, 400 "n: holds 1 choices of max_completion_tokens
+    # 100000000000000000000: … past the 1000000000000000 a hold counts", naming a field its caller never set
+    with pytest.raises(SystemExit, match=f"{name} must be a whole number from 1 to 1,000,000,000,000,000"):
+        GatewaySettings.from_env({name: str(10**15 + 1)})
+    ones = {n: "1" for n in ("TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES", "TOKENTILL_GATEWAY_SERVER_TOOL_RESULT_TOKENS")}
+    assert GatewaySettings.from_env({**ones, name: str(10**15)}) is not None  # 10**15 × 1 uses: the most
+
+
+def test_server_tool_uses_whose_results_no_hold_can_count_stop_the_start_naming_both():
+    # each use of a server tool is held its results' tokens: 10**12 uses of 10,000 tokens are
+    # 10**16 tokens, past the 10**15 a hold counts, so every call with a web search was refused
+    with pytest.raises(SystemExit, match="TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES × "
+                                         "TOKENTILL_GATEWAY_SERVER_TOOL_RESULT_TOKENS"):
+        GatewaySettings.from_env({"TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES": str(10**12)})
+    s = GatewaySettings.from_env({"TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES": str(10**11)})  # 10**11 × 10,000 = 10**15
+    assert (s.server_tool_max_uses, s.server_tool_result_tokens) == (10**11, 10_000)
