@@ -606,7 +606,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 2
-    if args.expect_head and report.head != args.expect_head.lower():
+    if args.expect_head and report.head is None:  # as `audit verify --expect-head` says of a database
+        report.fail(f"the file has no seal, so no chain in it ends at the expected head {args.expect_head} "
+                    "(every seal cut out, or the head is another ledger's)")
+    elif args.expect_head and report.head != args.expect_head.lower():
         report.fail(f"the chain ends at {report.head}, not at the expected head {args.expect_head}")
     if args.json:
         print(json.dumps({"ok": report.ok, "entries": report.entries, "seals": report.seals,

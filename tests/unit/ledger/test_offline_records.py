@@ -167,3 +167,20 @@ def test_a_field_no_export_writes_is_named_beside_the_alteration_of_its_record()
     report = verify_lines(lines)
     assert report.problems == ["line 5: the entry record carries 'note', a field no export writes",
                                "entry 1 was altered: its content does not match the hash seal 1 stored for it"]
+
+
+def test_an_expected_head_against_a_file_with_no_seal_says_there_is_none(tmp_path, capsys):
+    """A whole export with no seal (every seal and its entries cut out, or a ledger never sealed)
+    checked against a head kept apart: exit 1, as before, but the problem printed Python's None,
+    `the chain ends at None, not at the expected head ab…`. Now it says the file has no seal."""
+    path = tmp_path / "no-seal.jsonl"
+    records = [{"type": "export", "whole": True}, {"type": "unsealed", "from_txid": "0"},
+               {"type": "end", "entries": 0, "seals": 0, "unsealed": 0}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert main([str(path)]) == 0
+    capsys.readouterr()
+    assert main([str(path), "--expect-head", "ab" * 32]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL the file has no seal, so no chain in it ends at the expected head {'ab' * 32} (every seal cut " \
+           "out, or the head is another ledger's)" in out, out
+    assert "None" not in out
