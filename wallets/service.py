@@ -20,6 +20,7 @@ from wallets.accounts import open_customer_accounts
 from wallets.budgets import MAX_PER_CUSTOMER as MAX_BUDGETS_PER_CUSTOMER
 from wallets.budgets import BudgetService
 from wallets.commands import Command, WalletView, wallet_view
+from wallets.core import customers as customer_rules
 from wallets.core import idempotency
 from wallets.core.credits import whole_minor_units
 from wallets.core.idempotency import CREATED, EXISTS, OK, IdemKey, Replayed
@@ -272,9 +273,10 @@ class WalletService:
             if book_currency is not None and book_currency != spec.currency:
                 raise WalletValidationError("price_book", f"price book {spec.price_book} is in {book_currency}")
             if existing is not None:
-                raise CustomerExistsError(f"customer {spec.id} exists with other settings; its id, currency, "
-                                          "billing and cycle never change, and the others change by "
-                                          "PATCH", customer_id=spec.id)
+                *others, last = customer_rules.CHANGEABLE
+                raise CustomerExistsError(f"customer {spec.id} exists with other settings; its "
+                                          f"{', '.join(customer_rules.IMMUTABLE)} never change; "
+                                          f"{', '.join(others)} and {last} change by PATCH", customer_id=spec.id)
             await open_customer_accounts(conn, spec.id, spec.currency)
             period = period_of(self.clock(), spec.cycle)
             await conn.execute(text(

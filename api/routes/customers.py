@@ -227,10 +227,10 @@ async def get_customer(state: State, customer_id: FromPath[str]) -> CustomerResp
 async def change_customer(state: State, request: Request, customer_id: FromPath[str],
                           data: ChangeCustomerBody) -> Response[CustomerResponse]:
     """Change a customer's `name`, `price_book` or `overdraft_limit` (null: unlimited); 200 with
-    the customer. `id`, `currency`, `billing` and the billing cycle never change (422
-    `immutable_field`); a book that does not exist, or in another currency, is 422
-    `validation_error` (for a key limited to customers, so is a book none of them is priced
-    with); a limit finer than the minor unit is 422 `invalid_amount`. A limit below
+    the customer. `id`, `currency`, `billing`, the billing cycle, `low_balance_threshold` and
+    `max_charge_per_request` never change (422 `immutable_field`); a book that does not exist,
+    or in another currency, is 422 `validation_error` (for a key limited to customers, so is a
+    book none of them is priced with); a limit finer than the minor unit is 422 `invalid_amount`. A limit below
     what the customer owes blocks the wallet. Each change is logged (GET …/changes)."""
     if isinstance(data, dict):
         changes.refuse_immutable(data)

@@ -13,8 +13,11 @@ from wallets.model import Customer
 
 CHANGEABLE = ("name", "price_book", "overdraft_limit")
 # What a change may never touch: it would rewrite history (the currency of every posting, prepaid
-# usage read as postpaid, the billing periods already invoiced) or the customer's identity.
-IMMUTABLE = ("id", "currency", "billing", "time_zone", "billing_anchor_day", "created_at")
+# usage read as postpaid, the billing periods already invoiced) or the customer's identity; and
+# what is set at creation only (the rest of the cycle, the alert and plausibility bounds), which
+# was "unknown field" while a second POST of another value sent its caller to PATCH.
+IMMUTABLE = ("id", "currency", "billing", "time_zone", "billing_anchor_day", "created_at", "grace_period_seconds",
+             "payment_terms_days", "low_balance_threshold", "max_charge_per_request")
 
 
 def refuse_immutable(fields: Mapping[str, Any]) -> None:

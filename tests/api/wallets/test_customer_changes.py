@@ -126,6 +126,12 @@ async def test_a_book_that_does_not_exist_or_is_in_another_currency_is_refused(
     ({"billing": "postpaid"}, 422, "immutable_field", "billing"),
     ({"id": "other", "name": "x"}, 422, "immutable_field", "id"),
     ({"time_zone": "Europe/Paris"}, 422, "immutable_field", "time_zone"),
+    # set at creation only, as the 409 of a second POST says: were "unknown field" (validation_error),
+    # which the 409 contradicted ("the others change by PATCH")
+    ({"grace_period_seconds": 60}, 422, "immutable_field", "grace_period_seconds"),
+    ({"payment_terms_days": 5}, 422, "immutable_field", "payment_terms_days"),
+    ({"low_balance_threshold": "1.00"}, 422, "immutable_field", "low_balance_threshold"),
+    ({"max_charge_per_request": "2.00"}, 422, "immutable_field", "max_charge_per_request"),
     ({"nmae": "typo"}, 422, "validation_error", "nmae"),
     ({}, 422, "validation_error", "body"),
     ({"overdraft_limit": "10.001"}, 422, "invalid_amount", "overdraft_limit"),
@@ -348,3 +354,20 @@ async def test_a_move_from_or_to_a_volume_tiered_book_waits_for_the_period_with_
     fresh = f"chg-fresh-{tag}"
     await _customer(client, fresh, price_book=book, billing="postpaid")
     assert (await _patch(client, fresh, {"price_book": f"vol-{tag}"})).status_code == 200
+
+
+@pytest.mark.parametrize("field", ["low_balance_threshold", "max_charge_per_request", "payment_terms_days"])
+async def test_a_second_post_with_another_setting_sends_to_patch_only_what_patch_changes(
+        client: AsyncTestClient, tag: str, book: str, field):
+    # was: "… its id, currency, billing and cycle never change, and the others change by PATCH", and
+    # PATCH {"max_charge_per_request": "2.00"} answered 422 "max_charge_per_request: unknown field"
+    cid = f"chg-{tag}"
+    await _customer(client, cid, price_book=book)
+    other = {"low_balance_threshold": "1.00", "max_charge_per_request": "2.00", "payment_terms_days": 5}[field]
+    again = await client.post("/v1/customers", json={"id": cid, "currency": "USD", "price_book": book, field: other})
+    assert again.status_code == 409 and again.json()["code"] == "customer_exists"
+    detail = again.json()["detail"]
+    assert field in detail.split("; ")[1].split(" never change")[0], detail
+    assert "name, price_book and overdraft_limit change by PATCH" in detail, detail
+    patched = await _patch(client, cid, {field: other})
+    assert (patched.status_code, patched.json()["code"]) == (422, "immutable_field")
