@@ -845,7 +845,8 @@ _PAYER_ROWS = f"""
 # close's entry (its volume_true_up, keyed by its customer and period, in the row's lane) posted it: of
 # each account, the rows over every charge are at most what the entry credited it (and, for a lot
 # closed before the close, what it gave where that lot's money went: its `closed_lots`; an entry
-# written before it kept them, all it credited promotions and breakage, where it went). The entry
+# written before it kept them, all it credited promotions and breakage, where it went; and for the
+# receivable, what the close's rounding of the amount due up debited it beside the rows). The entry
 # gives each payer its rows and its share of what no charge's part took (a rule's rest, a part no
 # payer of its charge could take), so a row moved by hand to another payer of the charge, or made
 # larger where another of it is made smaller, gives that payer more than it was posted, which the
@@ -859,13 +860,18 @@ _PAYER_ROWS = f"""
 # nor of a re-rate's rows (its entry's postings to a payer also carry the charges' own decreases and
 # increases). Second column: the payer.
 _CLOSE_PAYERS = f"""
-    SELECT CASE WHEN r.units > r.posted
+    SELECT CASE WHEN r.units > r.posted + r.rounded
                 THEN format('true-up record of the close of customer %s, %s: its payers'' rows give %s %s back, its '
                             'entry posted it %s', r.customer_id, r.period, r.payer, r.units, r.posted)
                 ELSE format('true-up record of the close of customer %s, %s: its payers'' rows give %s %s back, its '
                             'entry posted it %s (%s beyond every payer''s rows)', r.customer_id, r.period, r.payer,
                             r.units, r.posted, r.beyond) END, r.payer
       FROM (SELECT r.*, x.posted, e.exact,
+                   -- the close's rounding up of the amount due, debited the receivable beside its rows
+                   CASE WHEN r.payer = {_literal(chart.RECEIVABLE_CODE[0])} || r.customer_id
+                                       || {_literal(chart.RECEIVABLE_CODE[1])}
+                        THEN greatest(0, coalesce((j.metadata ->> 'amount_due_rounding')::numeric, 0))
+                        ELSE 0 END AS rounded,
                    e.credited - sum(r.units) OVER (PARTITION BY r.lane, r.customer_id, r.period) AS beyond
               FROM (SELECT lane, customer_id, period, payer, sum(units) AS units FROM true_up_payers
                      WHERE rerate_id IS NULL AND payer IS NOT NULL
@@ -893,7 +899,7 @@ _CLOSE_PAYERS = f"""
                     WHERE p.lane = j.lane AND p.entry_id = j.id
                       AND a.code NOT LIKE {_literal(chart.revenue_account('%'))}
                       AND a.code NOT LIKE {_literal(chart.rounding_account('%'))}) e) r
-     WHERE r.units > r.posted OR (r.exact AND r.units < r.posted - r.beyond)
+     WHERE r.units > r.posted + r.rounded OR (r.exact AND r.units < r.posted - r.beyond)
      ORDER BY r.customer_id, r.period, r.payer"""
 
 

@@ -305,23 +305,92 @@ async def test_a_note_a_whole_cent_off_its_total_leaves_rows_of_what_the_receiva
         await bk.event(cid, "model-v", 0, tokens)
     await bk.close(CLOSED)
     assert (await bk.service.wallet(cid)).receivable == 112 * CENT
-    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", "9.20"))
+    await _there_and_back(bk, cid, ("9.20", "10"), (48 * MIL, 22 * MIL, 10 * MIL), 111 * CENT, 499 * CENT)
+
+
+async def _there_and_back(bk: BillingKit, cid: str, beyond: tuple[str, str], rows: tuple[int, int, int],
+                          owed: int, left: int) -> None:
+    """`cid` (a close of the 5th's and the 20th's usage on the receivable) re-rated on December 2nd
+    to $20/M and `beyond`[0] beyond 100,000: -$0.09 exact, what is owed then $1.04, the re-rate's
+    rows `rows` (the receivable's of the 5th, of the 20th, the rounding account's of the 20th); a
+    $5.00 grant on the 2nd, re-rated back on the 3rd (from November 2nd) to `beyond`[1]: +$0.09
+    exact, each row taken back, what is owed then `owed`, the grant `left`. Verified after each."""
+    await bk.add_book(vol("v2", "2026-11-01T00:00:00Z", "20", beyond[0]))
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
     done = await applied(bk, spec("v2"))
     assert done["delta"] == "-0.09"
     assert (await bk.service.wallet(cid)).receivable == 104 * CENT
     receivable, rounding = chart.receivable_account(cid), chart.rounding_account("USD")
     fifth, twentieth = sorted({charge for charge, _ in await _rows(bk, done["rerate_id"])})
-    assert await _rows(bk, done["rerate_id"]) == {
-        (fifth, receivable): 48 * MIL, (twentieth, receivable): 22 * MIL, (twentieth, rounding): 10 * MIL}
+    keys = ((fifth, receivable), (twentieth, receivable), (twentieth, rounding))
+    assert await _rows(bk, done["rerate_id"]) == dict(zip(keys, rows, strict=True))
     await verified(bk)
     grant = await _lot(bk, cid, "grant", "5.00")
-    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", "10"))
+    await bk.add_book(vol("v3", "2026-11-02T00:00:00Z", "20", beyond[1]))
     bk.clock.now = datetime(2026, 12, 3, tzinfo=UTC)
     again = await applied(bk, spec("v3", datetime(2026, 11, 2, tzinfo=UTC)))
     assert again["delta"] == "0.09"
-    assert (await bk.service.wallet(cid)).receivable == 111 * CENT
-    assert await live_lots(bk, cid) == {grant: ("grant", 499 * CENT)}
-    assert await _rows(bk, again["rerate_id"]) == {
-        (fifth, receivable): -48 * MIL, (twentieth, receivable): -22 * MIL, (twentieth, rounding): -10 * MIL}
+    assert (await bk.service.wallet(cid)).receivable == owed
+    assert await live_lots(bk, cid) == {grant: ("grant", left)}
+    assert await _rows(bk, again["rerate_id"]) == dict(zip(keys, (-units for units in rows), strict=True))
     await verified(bk)
+
+
+async def _rounded_up(bk: BillingKit, cid: str) -> None:
+    """Book `vol` v1 at $20/M up to 100,000 tokens, $9.08/M beyond; postpaid `cid`'s 60,000 tokens
+    on the 5th ($1.20) and 65,000 on the 20th ($0.80 + 25,000 x $9.08/M = $1.027); the close: 125,000
+    x $9.08/M = $1.135, true-up $1.135 - $2.227 = -$1.092 (the 5th $1.20 - $0.5448 = $0.6552 over,
+    the 20th $1.027 - $0.5902 = $0.4368), all to the receivable's rows; due round(113.5 cents) =
+    $1.14 (half to even, up), the rounding +$0.005 debited the receivable beside the rows: the entry
+    credited it $1.092 - $0.005 = $1.087."""
+    await bk.add_book(vol("v1", "2026-01-01T00:00:00Z", "20", "9.08"))
+    bk.clock.now = datetime(2026, 11, 1, 9, tzinfo=UTC)
+    await bk.customer(cid, billing_mode="postpaid", book="vol")
+    for day, tokens in ((5, 60_000), (20, 65_000)):
+        bk.clock.now = datetime(2026, 11, day, 12, tzinfo=UTC)
+        await bk.event(cid, "model-v", 0, tokens)
+    await bk.close(CLOSED)
+    assert (await bk.service.wallet(cid)).receivable == 114 * CENT
+
+
+async def test_verify_passes_a_close_that_rounds_the_amount_due_up(fresh_db) -> None:
+    """A close whose rounding of the amount due is up debits the receivable beside its rows (_rounded_up:
+    rows $1.092, the entry credited it $1.087), which is no payer row's: verify (_CLOSE_PAYERS) took
+    the rows' $1.092 for more than the entry posted the receivable and named a healthy ledger
+    ("its payers' rows give ...:receivable 1092000000 back, its entry posted it 1087000000"); a close
+    rounding down ($1.125 due $1.12: rows $1.00, the receivable credited $1.005) passed."""
+    bk = BillingKit(fresh_db)
+    await _rounded_up(bk, "rounded-up-close")
+    await verified(bk)
+
+
+async def test_a_note_a_whole_cent_beyond_its_total_leaves_rows_of_what_the_receivable_was_posted(fresh_db) -> None:
+    """The mirror of test_a_note_a_whole_cent_off_its_total_...: a note that moves a whole minor
+    unit MORE than its exact total (the close rounded half a cent up, the note's running figure half
+    a cent down): the receivable was posted a cent more than its exact share, and its rows say so
+    (money_back.rounded took a difference of a whole `step` for no rounding before c0aff52, either
+    way).
+
+    By hand. The close of _rounded_up: $1.135 exact, due $1.14 (its rounding +$0.005). Re-rated on
+    December 2nd to $20/M and $8.36/M: the 20th $0.80 + 25,000 x $8.36/M = $0.80 + $0.209 = $1.009
+    (-$0.018); at the tier 125,000 x $8.36/M = $1.045, the true-up $1.045 - $2.209 =
+    -$1.164, -$0.072 more: of the 5th $1.20 - $0.5016 = $0.6984, $0.0432 more; of the 20th $1.009 -
+    $0.5434 = $0.4656, $0.0288 more. -$0.09 exact (125,000 x -$0.72/M); the note moves round($1.135 -
+    $0.09) - $1.14 = round($1.045) - $1.14 = $1.04 - $1.14 = -$0.10 (104.5 cents half to even, down),
+    the rounding account pays $0.01. Posted: the receivable -$0.10 off what is owed, $0.018 of it the
+    20th's own decrease, so $0.082 of the parts, $0.01 beyond their exact $0.072: the rows the
+    receivable $0.0432 of the 5th and $0.0288 + $0.01 = $0.0388 of the 20th (the last charge's row),
+    the rounding account -$0.01 of the 20th.
+
+    A $5.00 grant on the 2nd; re-rated back on the 3rd (from November 2nd) to $20/M and $9.08/M:
+    +$0.09 exact, the debit note round($1.045 + $0.09) - $1.04 = round($1.135) - $1.04 = $1.14 -
+    $1.04 = +$0.10. It takes back of each charge what its payers got: the receivable $0.0432 and
+    $0.0388 ($1.04 + $0.082 = $1.122 owed), the rounding account its -$0.01 (what it paid); the rest,
+    $0.10 - $0.082 = $0.018, the 20th's own increase, is paid like usage, from the grant ($4.982).
+    Were the rows the exact $0.0432 and $0.0288, the receivable would take back $0.072 ($1.112) and
+    the grant pay $0.028 ($4.972): the cent the rounding account gave the receivable paid by the grant."""
+    bk = BillingKit(fresh_db)
+    cid = "rounded-a-cent-up"
+    await _rounded_up(bk, cid)
+    await _there_and_back(bk, cid, ("8.36", "9.08"), (432 * MIL // 10, 388 * MIL // 10, -10 * MIL), 1122 * MIL,
+                          4982 * MIL)
