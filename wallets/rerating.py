@@ -181,7 +181,7 @@ async def preview(db: Database, books: BookCache, spec: RerateSpec) -> dict[str,
         return found, fixes, errors, await _book_currency(conn, spec.book_id)
 
     found, fixes, errors, cur = await db.read(work)
-    customers = [_customer_view(cid, len(xs), type_rows(xs, fixes.get(cid, ())), cur)
+    customers = [_customer_view(cid, len(xs), type_rows(xs, fixes.get(cid, ()), every=True), cur)
                  for cid, xs in sorted(found.items()) if xs]
     return {"mode": "preview", "rerate_id": rerate_id, **spec.view(), **_totals(customers, cur), "credit_notes": [],
             "errors": errors}
@@ -270,7 +270,7 @@ async def applied(conn: AsyncConnection, rerate_id: str) -> dict[str, Any]:
     customers, cur = [], await _book_currency(conn, spec.book_id)
     for cid, by_type in sorted(per.items()):
         lines = [{"model": m, "token_type": t, "old_amount": o, "new_amount": n, "delta": n - o}
-                 for (m, t), (o, n) in sorted(by_type.items()) if n != o]
+                 for (m, t), (o, n) in sorted(by_type.items())]
         customers.append({**_customer_view(cid, int(counts.get(cid, 0)), lines, cur),
                           "entry_ids": entries.get(cid, [])})
     notes = await conn.exec_driver_sql(
@@ -296,13 +296,16 @@ async def _book_currency(conn: AsyncConnection, book_id: str) -> str:
 
 
 def _customer_view(customer_id: str, charges: int, rows: Sequence[dict[str, Any]], cur: str) -> dict[str, Any]:
+    """A customer's part of a re-rate from every (model, token type) row of its corrected charges
+    (and true-ups), those left as they were too: its old and new amounts are what they stood at
+    before and after, all lines counted (so new - old is its delta); `lines` lists the rows that changed."""
     old, new = sum(r["old_amount"] for r in rows), sum(r["new_amount"] for r in rows)
     return {"customer_id": customer_id, "charges": charges, "old_amount": format_money(old, cur),
             "new_amount": format_money(new, cur), "delta": format_money(new - old, cur), "delta_units": new - old,
             "lines": [{"model": r["model"], "token_type": r["token_type"],
                        "old_amount": format_money(r["old_amount"], cur),
                        "new_amount": format_money(r["new_amount"], cur),
-                       "delta": format_money(r["delta"], cur)} for r in rows]}
+                       "delta": format_money(r["delta"], cur)} for r in rows if r["delta"]]}
 
 
 # ------------------------------------------------------------------------------------------

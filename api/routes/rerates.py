@@ -45,11 +45,15 @@ class RerateLine(msgspec.Struct):
 
 class RerateCustomer(msgspec.Struct):
     customer_id: str
-    charges: int
-    old_amount: str
-    new_amount: str
+    charges: Annotated[int, msgspec.Meta(description="the customer's charges the re-rate corrects")]
+    old_amount: Annotated[str, msgspec.Meta(description=(
+        "what those charges (and the volume true-ups corrected with them) stood at before, every line counted"))]
+    new_amount: Annotated[str, msgspec.Meta(description=(
+        "what they stand at after, every line counted: new_amount - old_amount is delta"))]
     delta: str
-    lines: list[RerateLine]
+    lines: Annotated[list[RerateLine], msgspec.Meta(description=(
+        "the (model, token type) rows whose amount changed; a row left as it was is counted in the "
+        "customer's amounts, not listed"))]
     entry_ids: Annotated[list[int], msgspec.Meta(description="apply: the adjustment entries")] | None = None
 
 

@@ -214,9 +214,10 @@ async def test_a_later_version_never_changes_earlier_usage_and_a_rerate_previews
         "price_book": BOOK, "version": await book_version(client),
         "from": utc(now - timedelta(hours=3)), "to": utc(now), "customer_id": cid, "mode": "preview"})
     assert preview.status_code == 200, preview.text
-    # only the usage at now-10min falls under version 2 ($5/M): 0.80 -> 0.50
+    # only the usage at now-10min falls under version 2 ($5/M): 0.80 -> 0.50; the charge stood at
+    # 0.81 with its call fee, as it was, and stands at 0.51
     assert preview.json()["customers"] == [{
-        "customer_id": cid, "charges": 1, "old_amount": "0.80", "new_amount": "0.50", "delta": "-0.30",
+        "customer_id": cid, "charges": 1, "old_amount": "0.81", "new_amount": "0.51", "delta": "-0.30",
         "lines": [{"model": "model-a", "token_type": "input", "old_amount": "0.80", "new_amount": "0.50",
                    "delta": "-0.30"}]}]
 
@@ -267,7 +268,8 @@ async def test_a_second_backdated_override_is_rerated_under_the_same_book_versio
     await backdate(client, cid, now - timedelta(minutes=20), "3.00")
     second = await rerate(client, cid, now - timedelta(hours=3), now)
     assert second["delta"] == "-0.20", second  # 0.50 -> 0.30
-    assert second["customers"][0]["old_amount"] == "0.50" and second["customers"][0]["new_amount"] == "0.30"
+    # the charge (its call fee with it) stood at 0.51 and stands at 0.31
+    assert second["customers"][0]["old_amount"] == "0.51" and second["customers"][0]["new_amount"] == "0.31"
     again = await rerate(client, cid, now - timedelta(hours=3), now)  # the same re-rate: nothing more moves
     assert again["delta"] == "-0.20" and again["rerate_id"] == second["rerate_id"]
     upcoming = await upcoming_of(client, cid)

@@ -56,9 +56,11 @@ async def test_preview_apply_and_the_credit_note_over_http(client) -> None:
 
     seen = await client.post("/v1/rerate", headers=ADMIN, json={**body, "mode": "preview"})
     assert seen.status_code == 200, seen.text
-    # by hand: 5 x 100,000 input tokens: $5.00 at $10/M, $3.00 at $6/M
+    # by hand: 5 x 100,000 input tokens: $5.00 at $10/M, $3.00 at $6/M; the five charges stood at
+    # 5 x ($1.00 + 500 output tokens at $20/M $0.01 + the call's $0.01) = $5.10, and stand at
+    # 5 x $0.62 = $3.10 (the output and fee lines, as they were, counted but not listed)
     assert seen.json()["customers"] == [{
-        "customer_id": "rr-a", "charges": 5, "old_amount": "5.00", "new_amount": "3.00", "delta": "-2.00",
+        "customer_id": "rr-a", "charges": 5, "old_amount": "5.10", "new_amount": "3.10", "delta": "-2.00",
         "lines": [{"model": "model-a", "token_type": "input", "old_amount": "5.00", "new_amount": "3.00",
                    "delta": "-2.00"}]}]
 
@@ -157,7 +159,8 @@ async def test_the_same_range_in_another_utc_offset_is_the_same_re_rate(client) 
 
 async def test_a_to_a_fraction_of_a_microsecond_after_a_charge_re_rates_it(client) -> None:
     """Usage is kept to the microsecond; a `to` may carry 9 digits. One event of 100,000 input
-    tokens at T0 (.xxxxxx): $1.00 at $10/M, $0.60 at $6/M, delta -0.40. T = T0 + 100 ns is after
+    tokens at T0 (.xxxxxx): $1.00 at $10/M, $0.60 at $6/M, delta -0.40 (the charge, its $0.01 call
+    fee with it: $1.01 -> $0.61). T = T0 + 100 ns is after
     it, so [period start, T) holds it. The digits past the microsecond were dropped: T was read as
     T0, and the range left the charge out (no customer)."""
     created = await client.post("/v1/customers", headers=ADMIN, json={
@@ -178,4 +181,4 @@ async def test_a_to_a_fraction_of_a_microsecond_after_a_charge_re_rates_it(clien
     seen = await client.post("/v1/rerate", headers=ADMIN, json={**body, "to": t0 + "100Z"})
     assert seen.status_code == 200, seen.text
     assert [(c["customer_id"], c["old_amount"], c["new_amount"], c["delta"]) for c in seen.json()["customers"]] == [
-        ("rr-ns", "1.00", "0.60", "-0.40")]
+        ("rr-ns", "1.01", "0.61", "-0.40")]

@@ -344,9 +344,11 @@ def rule_quantities(lines: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return out
 
 
-def type_rows(found: Iterable[Correction], fixes: Iterable[TrueUpFix] = ()) -> list[dict[str, Any]]:
+def type_rows(found: Iterable[Correction], fixes: Iterable[TrueUpFix] = (), *,
+              every: bool = False) -> list[dict[str, Any]]:
     """Old and new amounts and their difference by model and token type (atomic units); a volume
-    true-up's correction under its rule's model and `volume_true_up`."""
+    true-up's correction under its rule's model and `volume_true_up`. The rows that changed; with
+    `every`, those the corrections left as they were too (what the charges stood at, in all)."""
     sums: dict[TypeKey, list[int]] = {}
     for x in found:
         for key in set(x.old) | set(x.new):
@@ -358,7 +360,7 @@ def type_rows(found: Iterable[Correction], fixes: Iterable[TrueUpFix] = ()) -> l
         row[0] += f.old
         row[1] += f.new
     return [{"model": m, "token_type": t, "old_amount": o, "new_amount": n, "delta": n - o}
-            for (m, t), (o, n) in sorted(sums.items()) if n != o]
+            for (m, t), (o, n) in sorted(sums.items()) if every or n != o]
 
 
 def _paid_by(charge: ChargeOnRecord, receivable: str) -> dict[tuple[int, str], int]:

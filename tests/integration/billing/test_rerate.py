@@ -101,8 +101,10 @@ async def test_preview_is_exactly_what_apply_posts_and_a_credit_note_ties_out(fi
     bk.clock.now = DEC_2
 
     seen = await rerating.preview(bk.db, bk.service.engine.books, spec("v2"))
-    # by hand: model-a input 1,050,000 tokens at $8/M instead of $10/M: 10.50 -> 8.40, -2.10
-    assert seen["customers"] == [{"customer_id": cid, "charges": 2, "old_amount": "10.50", "new_amount": "8.40",
+    # by hand: model-a input 1,050,000 tokens at $8/M instead of $10/M: 10.50 -> 8.40, -2.10; the two
+    # charges it corrects stood at $0.51 + $12.01 = $12.52 and stand at $0.41 + $10.01 = $10.42 (their
+    # output and call fees as they were: counted, not listed); model-b's $5.01 is not corrected
+    assert seen["customers"] == [{"customer_id": cid, "charges": 2, "old_amount": "12.52", "new_amount": "10.42",
                                   "delta": "-2.10", "lines": [{"model": "model-a", "token_type": "input",
                                                               "old_amount": "10.50", "new_amount": "8.40",
                                                               "delta": "-2.10"}]}]
