@@ -606,7 +606,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 2
-    if args.expect_head and report.head is None:  # as `audit verify --expect-head` says of a database
+    if args.expect_head and report.head is None and not report.whole:  # a window holds its entries' seals
+        report.fail(f"the window export has no seal (its entries not sealed yet, or their seals cut out with them), "
+                    f"so no chain in it ends at the expected head {args.expect_head}: check a whole export against it")
+    elif args.expect_head and report.head is None:  # as `audit verify --expect-head` says of a database
         report.fail(f"the file has no seal, so no chain in it ends at the expected head {args.expect_head} "
                     "(every seal cut out, or the head is another ledger's)")
     elif args.expect_head and report.head != args.expect_head.lower():

@@ -169,18 +169,39 @@ def test_a_field_no_export_writes_is_named_beside_the_alteration_of_its_record()
                                "entry 1 was altered: its content does not match the hash seal 1 stored for it"]
 
 
-def test_an_expected_head_against_a_file_with_no_seal_says_there_is_none(tmp_path, capsys):
-    """A whole export with no seal (every seal and its entries cut out, or a ledger never sealed)
-    checked against a head kept apart: exit 1, as before, but the problem printed Python's None,
-    `the chain ends at None, not at the expected head ab…`. Now it says the file has no seal."""
-    path = tmp_path / "no-seal.jsonl"
-    records = [{"type": "export", "whole": True}, {"type": "unsealed", "from_txid": "0"},
-               {"type": "end", "entries": 0, "seals": 0, "unsealed": 0}]
+def _against_a_head(tmp_path, records: list[dict], capsys) -> str:
+    """The file of `records` verifies (exit 0) and, against a head kept apart, fails (exit 1): what
+    that printed."""
+    path = tmp_path / "export.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     assert main([str(path)]) == 0
     capsys.readouterr()
     assert main([str(path), "--expect-head", "ab" * 32]) == 1
-    out = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def test_an_expected_head_against_a_file_with_no_seal_says_there_is_none(tmp_path, capsys):
+    """A whole export with no seal (every seal and its entries cut out, or a ledger never sealed)
+    checked against a head kept apart: exit 1, as before, but the problem printed Python's None,
+    `the chain ends at None, not at the expected head ab…`. Now it says the file has no seal."""
+    records = [{"type": "export", "whole": True}, {"type": "unsealed", "from_txid": "0"},
+               {"type": "end", "entries": 0, "seals": 0, "unsealed": 0}]
+    out = _against_a_head(tmp_path, records, capsys)
     assert f"FAIL the file has no seal, so no chain in it ends at the expected head {'ab' * 32} (every seal cut " \
            "out, or the head is another ledger's)" in out, out
     assert "None" not in out
+
+
+def test_an_expected_head_against_a_window_with_no_seal_says_its_entries_are_not_sealed(tmp_path, capsys):
+    """A window export of entries no seal covers yet (today's, before the seal job ran) holds no
+    seal: a window carries only the seals of its entries. Checked against a head kept apart, exit 1
+    (no chain in it ends there), but 1895f94 gave the whole file's causes, `(every seal cut out, or
+    the head is another ledger's)`, neither of which is so. Now it says the window's entries are not
+    sealed yet (or their seals were cut out with them) and a whole export is the one to check."""
+    entry = {**ENTRY, "seal": None, "sealed_hash": None, "txid": "12"}
+    records = [{"type": "export", "whole": False, "from": "2026-01-01T00:00:00+00:00", "to": None}, *ACCOUNTS,
+               {"type": "unsealed", "from_txid": "10"}, entry, {"type": "end", "entries": 1, "seals": 0, "unsealed": 1}]
+    out = _against_a_head(tmp_path, records, capsys)
+    assert f"FAIL the window export has no seal (its entries not sealed yet, or their seals cut out with them), so " \
+           f"no chain in it ends at the expected head {'ab' * 32}: check a whole export against it" in out, out
+    assert "every seal cut out" not in out
