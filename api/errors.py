@@ -236,9 +236,19 @@ def _validation(request: Request, exc: ValidationException) -> Response:
     for item in exc.extra if isinstance(exc.extra, list) else []:
         if isinstance(item, dict):
             field = item.get("key") or item.get("source") or "body"
-            fields.append({"field": "body" if field == "data" else field,  # the handler's name for it
+            fields.append({"field": "body" if field == "data" else _sent_as(request, field),
                            "message": item.get("message", "")})
     return problem(422, "validation_error", exc.detail or "invalid request", request, fields=fields)
+
+
+def _sent_as(request: Request, argument: str) -> str:
+    """A parameter as the request spells it (`from`, `customer`), not as the handler's argument
+    (`start`, `prefix`): Litestar names the argument, which the caller never wrote."""
+    handler = request.scope.get("route_handler")
+    parameter = getattr(handler, "parsed_fn_signature", None)
+    definition = parameter.parameters.get(argument) if parameter is not None else None
+    alias = getattr(getattr(definition, "kwarg_definition", None), "name", None)
+    return alias if isinstance(alias, str) and alias else argument
 
 
 def _http(request: Request, exc: HTTPException) -> Response:
