@@ -855,7 +855,9 @@ _PAYER_ROWS = f"""
 # rounding accounts aside, less the rows; a payer's share of it is at most all of it), so the payer
 # whose row was made smaller is named too: exactly what it was posted where the entry posted nothing
 # beyond the rows (where it did, a row moved within a payer's share of it is not seen: that share is
-# not kept). Not of an entry written before `closed_lots` that credited promotions or breakage (what
+# not kept). Only of an entry that did not record what it posted each account beyond its rows
+# (`beyond_payer_rows`; one written before it did: _ENTRY_PAYERS ties those that did, exactly). Not
+# of an entry written before `closed_lots` that credited promotions or breakage (what
 # it posted each payer is not known then), nor of the rounding account (its rows are no posting),
 # nor of a re-rate's rows (its entry's postings to a payer also carry the charges' own decreases and
 # increases). Second column: the payer.
@@ -866,7 +868,7 @@ _CLOSE_PAYERS = f"""
                 ELSE format('true-up record of the close of customer %s, %s: its payers'' rows give %s %s back, its '
                             'entry posted it %s (%s beyond every payer''s rows)', r.customer_id, r.period, r.payer,
                             r.units, r.posted, r.beyond) END, r.payer
-      FROM (SELECT r.*, x.posted, e.exact,
+      FROM (SELECT r.*, x.posted, e.exact, coalesce(j.metadata ? 'beyond_payer_rows', false) AS recorded,
                    -- the close's rounding up of the amount due, debited the receivable beside its rows
                    CASE WHEN r.payer = {_literal(chart.RECEIVABLE_CODE[0])} || r.customer_id
                                        || {_literal(chart.RECEIVABLE_CODE[1])}
@@ -899,7 +901,7 @@ _CLOSE_PAYERS = f"""
                     WHERE p.lane = j.lane AND p.entry_id = j.id
                       AND a.code NOT LIKE {_literal(chart.revenue_account('%'))}
                       AND a.code NOT LIKE {_literal(chart.rounding_account('%'))}) e) r
-     WHERE r.units > r.posted + r.rounded OR (r.exact AND r.units < r.posted - r.beyond)
+     WHERE (r.units > r.posted + r.rounded OR (r.exact AND r.units < r.posted - r.beyond)) AND NOT r.recorded
      ORDER BY r.customer_id, r.period, r.payer"""
 
 
@@ -1136,9 +1138,9 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         "and of a charge of its customer billed in its period, a close's each charge's overcharge at the tier reached "
         "(its cost there rounded up to the atomic unit) up to what its line left, the charges in order; what each "
         "payer got of each charge: its true-up's rows of the charge, and in all between nothing and what it paid of "
-        "it, and of a close's, in all no more than its entry posted it nor less than that less what it posted beyond "
-        "every payer's rows; of an entry that recorded what it posted each account beyond its payers' rows, each "
-        "account's rows and that are what it posted it; credit notes "
+        "it; of a true-up entry that recorded what it posted each account beyond its payers' rows, each account's "
+        "rows and that are what it posted it, and of a close's that did not, in all no more than its entry posted it "
+        "nor less than that less what it posted beyond every payer's rows; credit notes "
         "tie out to them (their money in whole minor units, the rest on the rounding account), intact and numbered "
         "without gaps")
 

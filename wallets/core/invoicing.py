@@ -629,7 +629,9 @@ def closing(state: State, w: Wallet, label: str, rollup: Rollup, book: PriceBook
                        {"period": label, "rules": [line["rule_id"] for line in lines],
                         **({"versions": split} if split else {}),
                         **({"amount_due_rounding": rounding} if rounding else {}),
-                        **({"closed_lots": moved} if moved else {})})
+                        **({"closed_lots": moved} if moved else {}),
+                        # what it posted each account beyond its payer rows: verify ties the rows to it
+                        **({"beyond_payer_rows": money_back.beyond_rows(legs, payers)} if parts else {})})
     else:
         posted = entry(f"invoice-rounding:{cid}:{label}", "invoice_rounding", legs, cid, now,
                        {"period": label, "amount_due_rounding": rounding})

@@ -12,6 +12,7 @@ B $3.70 + $0.20 + $0.40 = $4.30."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from billing_kit import BillingKit
 from sqlalchemy import text
@@ -20,6 +21,7 @@ from test_rerate_mixed_payers import _paid_off_on_the_6th
 from test_rerate_volume_true_up import CLOSED, applied, live_lots, spec, verified, vol, vol_customer
 
 from wallets import chart
+from wallets.audit import credit_notes_tie_out
 from wallets.rerating import RerateSpec
 
 CENT = 10_000_000  # atomic units (9 decimals) of $0.01
@@ -47,6 +49,25 @@ async def _payers(bk: BillingKit, cid: str) -> dict[tuple[str | None, int, str],
              JOIN accounts a ON a.code = t.payer JOIN lots l ON l.account_id = a.id
             WHERE t.customer_id = :c"""), {"c": cid}))
     return {(rerate, charge, lot): int(units) for rerate, charge, lot, units in rows}
+
+
+async def _unrecorded(bk: BillingKit, cid: str, params: dict, *sqls: str) -> list[str]:
+    """The credit_notes check's problems, sorted, once `sqls` ran (with `params`) past the
+    immutability triggers on a ledger whose close of `cid` kept no record of what it posted beyond
+    its payer rows (as one written before it did: taken out of its entry's metadata, which the
+    ledger's own checks would name), in a transaction rolled back after."""
+
+    async def run(conn: Any) -> list[str]:
+        await conn.execute(text("SET LOCAL session_replication_role = replica"))
+        await conn.execute(text("""UPDATE journal_entries SET metadata = metadata - 'beyond_payer_rows'
+                                    WHERE customer_id = :c AND kind = 'volume_true_up'"""), {"c": cid})
+        for sql in sqls:
+            await conn.execute(text(sql), params)
+        found = await credit_notes_tie_out(conn)
+        await conn.rollback()
+        return sorted(found.problems)
+
+    return await bk.db.read(run)
 
 
 async def _took_every_part_back(bk: BillingKit, cid: str, rerate_id: str, a: str, b: str) -> None:
@@ -94,7 +115,7 @@ async def test_a_rerate_gives_a_split_charge_s_payers_back_by_what_each_already_
         "credit_notes", f"true-up record of the close of customer {cid}, 2026-11: {payer_b} got 300000000 back of "
         f"charge {first} in all, which it paid 200000000",
         f"true-up record of the close of customer {cid}, 2026-11: its payers' rows give {params['a']} 300000000 "
-        f"back, its entry posted it 400000000 (0 beyond every payer's rows)"]  # A: $0.40 - $0.10
+        f"back, its entry posted it 400000000 (0 of it beyond its payers' rows, as it recorded)"]  # A: $0.40 - $0.10
     assert await _damaged(bk, params, "DELETE FROM true_up_payers WHERE charge_id = :second AND payer = :b "
                                       "AND rerate_id IS NULL") == [
         "credit_notes", f"true-up record of the close of customer {cid}, 2026-11: charge {second} gave back "
@@ -117,13 +138,20 @@ async def test_verify_names_a_close_s_payer_row_made_larger_than_its_entry_poste
     first = min(charge for _, charge, _ in await _payers(bk, cid))  # the 5th
     payer_a = chart.lot_account(cid, a)
     params = {"a": payer_a, "b": chart.lot_account(cid, b), "first": first}
-    assert await _damaged(bk, params, *(f"""UPDATE true_up_payers SET units = units {sign} 100000000
-                                            WHERE rerate_id IS NULL AND charge_id = :first AND payer = :{lot}"""
-                                        for sign, lot in (("+", "a"), ("-", "b")))) == [
-        "credit_notes", f"true-up record of the close of customer {cid}, 2026-11: its payers' rows give {payer_a} "
-        f"{50 * CENT} back, its entry posted it {40 * CENT}",
-        f"true-up record of the close of customer {cid}, 2026-11: its payers' rows give {params['b']} "
-        f"{50 * CENT} back, its entry posted it {60 * CENT} (0 beyond every payer's rows)"]  # B: $0.60 - $0.10
+    moved = [f"""UPDATE true_up_payers SET units = units {sign} 100000000
+                 WHERE rerate_id IS NULL AND charge_id = :first AND payer = :{lot}"""
+             for sign, lot in (("+", "a"), ("-", "b"))]
+    record = f"true-up record of the close of customer {cid}, 2026-11"
+    assert await _damaged(bk, params, *moved) == [
+        "credit_notes", f"{record}: its payers' rows give {payer_a} {50 * CENT} back, its entry posted it {40 * CENT} "
+        "(0 of it beyond its payers' rows, as it recorded)",
+        f"{record}: its payers' rows give {params['b']} {50 * CENT} back, its entry posted it {60 * CENT} "
+        "(0 of it beyond its payers' rows, as it recorded)"]  # B: $0.60 - $0.10
+    # a close's entry written before it recorded that: its rows bounded by what it posted each payer
+    assert await _unrecorded(bk, cid, params, *moved) == [
+        f"{record}: its payers' rows give {payer_a} {50 * CENT} back, its entry posted it {40 * CENT}",
+        f"{record}: its payers' rows give {params['b']} {50 * CENT} back, its entry posted it {60 * CENT} "
+        "(0 beyond every payer's rows)"]
 
 
 async def test_verify_names_the_payer_whose_close_row_was_made_smaller_beside_the_one_made_larger(fresh_db) -> None:
@@ -145,11 +173,15 @@ async def test_verify_names_the_payer_whose_close_row_was_made_smaller_beside_th
     record = f"true-up record of the close of customer {cid}, 2026-11"
     moved = """UPDATE true_up_payers SET units = units {} 100000000
                 WHERE rerate_id IS NULL AND charge_id = :first AND payer = :{}"""
+    bound = f"{record}: {payer_b} got {30 * CENT} back of charge {first} in all, which it paid {20 * CENT}"
     assert await _damaged(bk, params, moved.format("-", "a"), moved.format("+", "b"), ordered=True) == [
-        "credit_notes", *sorted([
-            f"{record}: {payer_b} got {30 * CENT} back of charge {first} in all, which it paid {20 * CENT}",
-            f"{record}: its payers' rows give {payer_a} {30 * CENT} back, its entry posted it {40 * CENT} "
-            f"(0 beyond every payer's rows)"])]
+        "credit_notes", *sorted([bound, f"{record}: its payers' rows give {payer_a} {30 * CENT} back, its entry "
+                                        f"posted it {40 * CENT} (0 of it beyond its payers' rows, as it recorded)"])]
+    # a close's entry written before it recorded that: at least what it posted less all it posted
+    # beyond every payer's rows
+    assert await _unrecorded(bk, cid, params, moved.format("-", "a"), moved.format("+", "b")) == sorted([
+        bound, f"{record}: its payers' rows give {payer_a} {30 * CENT} back, its entry posted it {40 * CENT} "
+               f"(0 beyond every payer's rows)"])
 
 
 async def test_a_rerate_takes_back_of_a_split_charge_from_what_each_payer_got_of_it(fresh_db) -> None:

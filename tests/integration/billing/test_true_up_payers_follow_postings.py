@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 
 from billing_kit import BillingKit
 from sqlalchemy import text
-from test_close_true_up_funding import _lot
+from test_close_true_up_funding import _damaged, _lot
 from test_rerate_volume_true_up import (
     CLOSED,
     DEC_1,
@@ -130,25 +130,9 @@ async def test_a_rounded_credit_note_s_payer_rows_say_what_each_payer_was_posted
     await verified(bk)
 
 
-async def test_a_close_s_credit_lot_is_named_by_the_rows_of_the_parts_it_holds_beside_a_rule_s_rest(fresh_db) -> None:
-    """Prepaid, a $5.00 overdraft, book `two` (rules a, model-x, and b, model-y, output: $20/M up to
-    100,000, $10/M beyond). The 5th's 130,000 model-y tokens ($2.00 + 30,000 x $10/M = $2.30) and the
-    10th's 130,000 model-x ($2.30) go on the receivable ($4.60); a $3.17 top-up on the 11th pays $3.17
-    of it ($1.43 owed, no lot). On the 15th, November open, model-x is re-rated to $18/M and $9/M:
-    $1.80 + $0.27 = $2.07, -$0.23 off what is owed ($1.20). The close: rule a 130,000 x $9/M = $1.17,
-    -$0.90 (its charge re-rated: no part of it per charge, the rule's rest, the receivable's); rule b
-    130,000 x $10/M = $1.30, -$1.00, the 5th's part (its overcharge, $2.30 - $1.30), the
-    receivable's. $1.90 back: $1.20 off what is owed, a $0.70 paid credit lot. The rows of the 5th's
-    $1.00 part: what is owed took the rest's $0.90 first (to_credit's `own`, as a re-rate's), so
-    $0.30 came off it and the lot holds the other $0.70: (5th, receivable) $0.30, (5th, lot) $0.70.
-    Re-rated on December 2nd from November 2nd to v3 (a as v2, b $20/M and $15/M): the 5th $2.00 + $0.45 = $2.45
-    (+$0.15); b's true-up 130,000 x $15/M = $1.95 - $2.45 = -$0.50 where -$1.00 stands: +$0.50, all
-    the 5th's (its overcharge at $15/M $0.50, $1.00 given). +$0.65: the $0.50 from the credit lot
-    first ($0.20), the +$0.15 like usage from it ($0.05); nothing owed (had the close known the price:
-    $1.40 back, $0.20 of credit, then the $0.15). Before, the close called to_credit with own=0: what
-    is owed counted as the parts' first, the rows named the receivable alone ($1.00), the lot none;
-    the take went onto what is owed: $0.50 owed beside a $0.55 credit lot."""
-    bk, cid = BillingKit(fresh_db), "close-rest"
+async def _closed_beside_a_rest(bk: BillingKit, cid: str) -> tuple[dict, str, int]:
+    """The set-up of the test below up to its close: book `two`, its credit lot's id (holding
+    $0.70) and the 5th's charge id."""
     book = await _two_customer(bk, cid, overdraft="5.00")
     bk.clock.now = datetime(2026, 11, 5, 12, tzinfo=UTC)
     await bk.event(cid, "model-y", 0, 130_000)
@@ -173,6 +157,29 @@ async def test_a_close_s_credit_lot_is_named_by_the_rows_of_the_parts_it_holds_b
     assert {(c, p): int(u) for c, p, u in rows} == {
         (fifth, chart.receivable_account(cid)): 30 * CENT, (fifth, chart.lot_account(cid, credit)): 70 * CENT}
     await verified(bk)
+    return book, credit, fifth
+
+
+async def test_a_close_s_credit_lot_is_named_by_the_rows_of_the_parts_it_holds_beside_a_rule_s_rest(fresh_db) -> None:
+    """Prepaid, a $5.00 overdraft, book `two` (rules a, model-x, and b, model-y, output: $20/M up to
+    100,000, $10/M beyond). The 5th's 130,000 model-y tokens ($2.00 + 30,000 x $10/M = $2.30) and the
+    10th's 130,000 model-x ($2.30) go on the receivable ($4.60); a $3.17 top-up on the 11th pays $3.17
+    of it ($1.43 owed, no lot). On the 15th, November open, model-x is re-rated to $18/M and $9/M:
+    $1.80 + $0.27 = $2.07, -$0.23 off what is owed ($1.20). The close: rule a 130,000 x $9/M = $1.17,
+    -$0.90 (its charge re-rated: no part of it per charge, the rule's rest, the receivable's); rule b
+    130,000 x $10/M = $1.30, -$1.00, the 5th's part (its overcharge, $2.30 - $1.30), the
+    receivable's. $1.90 back: $1.20 off what is owed, a $0.70 paid credit lot. The rows of the 5th's
+    $1.00 part: what is owed took the rest's $0.90 first (to_credit's `own`, as a re-rate's), so
+    $0.30 came off it and the lot holds the other $0.70: (5th, receivable) $0.30, (5th, lot) $0.70.
+    Re-rated on December 2nd from November 2nd to v3 (a as v2, b $20/M and $15/M): the 5th $2.00 + $0.45 = $2.45
+    (+$0.15); b's true-up 130,000 x $15/M = $1.95 - $2.45 = -$0.50 where -$1.00 stands: +$0.50, all
+    the 5th's (its overcharge at $15/M $0.50, $1.00 given). +$0.65: the $0.50 from the credit lot
+    first ($0.20), the +$0.15 like usage from it ($0.05); nothing owed (had the close known the price:
+    $1.40 back, $0.20 of credit, then the $0.15). Before, the close called to_credit with own=0: what
+    is owed counted as the parts' first, the rows named the receivable alone ($1.00), the lot none;
+    the take went onto what is owed: $0.50 owed beside a $0.55 credit lot."""
+    bk, cid = BillingKit(fresh_db), "close-rest"
+    book, credit, _ = await _closed_beside_a_rest(bk, cid)
     await bk.add_book(_two_version(book, "v3", 2, {"a": ("18", "9"), "b": ("20", "15")}))
     bk.clock.now = datetime(2026, 12, 2, tzinfo=UTC)
     again = await applied(bk, RerateSpec("two", "v3", datetime(2026, 11, 2, tzinfo=UTC), DEC_1, None))
@@ -180,6 +187,31 @@ async def test_a_close_s_credit_lot_is_named_by_the_rows_of_the_parts_it_holds_b
     assert (await bk.service.wallet(cid)).receivable == 0
     assert await live_lots(bk, cid) == {credit: ("topup", 5 * CENT)}
     await verified(bk)
+
+
+async def test_verify_names_a_close_s_rows_moved_within_a_payer_s_share_of_a_rule_s_rest(fresh_db) -> None:
+    """The test above's close: its entry credits what is owed $1.20 and the credit lot $0.70 ($1.90
+    back), its rows of the 5th's part the receivable $0.30 and the lot $0.70; beyond them it posted
+    the receivable rule a's rest, $0.90. By hand (raw SQL, rolled back) $0.30 of the 5th moved from
+    the lot's row to the receivable's: $0.60 and $0.40, the 5th's sum kept ($1.00). The lot did not
+    pay the 5th (the receivable's part went to it), so both count as the receivable, $1.00 of the
+    $2.30 it paid; each payer's rows are within what the entry posted it ($0.60 <= $1.20, $0.40 <=
+    $0.70) and no less than that less all it posted beyond the rows ($1.20 - $0.90, $0.70 - $0.90):
+    the checks before took it for right (a move within the receivable's share of the rest). The
+    entry now records what it posted each account beyond its rows, and verify ties them: the
+    receivable's $0.60 + $0.90 = $1.50 where $1.20 was posted, the lot's $0.40 + 0 where $0.70 was.
+    Before, verify passed (no problem)."""
+    bk, cid = BillingKit(fresh_db), "close-rest-moved"
+    _, credit, _ = await _closed_beside_a_rest(bk, cid)
+    receivable, lot = chart.receivable_account(cid), chart.lot_account(cid, credit)
+    moved = "UPDATE true_up_payers SET units = units {} 300000000 WHERE customer_id = :c AND payer = :{}"
+    record = f"true-up record of the close of customer {cid}, 2026-11"
+    assert await _damaged(bk, {"c": cid, "receivable": receivable, "lot": lot}, moved.format("+", "receivable"),
+                          moved.format("-", "lot"), ordered=True) == ["credit_notes", *sorted([
+        f"{record}: its payers' rows give {receivable} {60 * CENT} back, its entry posted it {120 * CENT} "
+        f"({90 * CENT} of it beyond its payers' rows, as it recorded)",
+        f"{record}: its payers' rows give {lot} {40 * CENT} back, its entry posted it {70 * CENT} "
+        f"(0 of it beyond its payers' rows, as it recorded)"])]
 
 
 async def test_a_rounded_debit_note_s_payer_rows_say_what_the_receivable_was_posted(fresh_db) -> None:
