@@ -412,3 +412,23 @@ def test_an_estimate_with_no_prompt_needs_no_input_price():
     assert prompt.value.token_type == "input"
     with pytest.raises(UnpricedModelError):
         estimate_upper_bound(voice, "nobody", 0, 0, {}, AT)
+
+
+def test_an_estimate_whose_prompt_is_all_audio_needs_no_text_input_price():
+    """Guard (review of 41885b0): the change skips the prompt's text line where the prompt has no
+    text tokens, so a prompt all audio (`input_audio_tokens` equal to `prompt_tokens`) on a model its
+    book prices on audio input and output alone is held too (before 41885b0: unpriced_model naming
+    input); a prompt with any text still needs the input price. By hand: 100 audio tokens at $40 per
+    1M = $0.004, 1,000 output tokens at $80 per 1M = $0.08, held $0.084, what rate() charges them."""
+    rules = [{"id": "v-in", "model": "voice", "token_type": "input_audio", "price": "40"},
+             {"id": "v-out", "model": "voice", "token_type": "output", "price": "80"}]
+    voice = parse_version({"id": "audio-voice", "currency": "USD", "format": 2,
+                           "effective_from": "2026-01-01T00:00:00Z", "rules": rules})
+    rating = estimate_upper_bound(voice, "voice", 100, 1000, {}, AT, input_audio_tokens=100)
+    assert [(ln.token_type, ln.quantity, ln.amount) for ln in rating.lines] == [
+        ("input_audio", 100, Decimal("0.004")), ("output", 1000, Decimal("0.08"))]
+    assert rating.total == Decimal("0.084")
+    assert rate(Usage("voice", {"input_audio": 100, "output": 1000}, AT, {}), voice).total == rating.total
+    with pytest.raises(UnpricedModelError) as text:  # 40 of the 100 tokens are text
+        estimate_upper_bound(voice, "voice", 100, 1000, {}, AT, input_audio_tokens=60)
+    assert text.value.token_type == "input"
