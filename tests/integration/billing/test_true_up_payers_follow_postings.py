@@ -31,6 +31,7 @@ from test_rerate_volume_true_up import (
     vol,
     vol_customer,
 )
+from test_true_up_payers import _unrecorded
 
 from wallets import chart
 from wallets.rerating import RerateSpec
@@ -394,6 +395,9 @@ async def test_verify_passes_a_close_that_rounds_the_amount_due_up(fresh_db) -> 
     bk = BillingKit(fresh_db)
     await _rounded_up(bk, "rounded-up-close")
     await verified(bk)
+    # a close written before it recorded what it posted beyond its rows (ce3a83a): the bounds, which
+    # the receivable's rounding up passes too
+    assert await _unrecorded(bk, "rounded-up-close", {}) == []
 
 
 async def test_a_note_a_whole_cent_beyond_its_total_leaves_rows_of_what_the_receivable_was_posted(fresh_db) -> None:
