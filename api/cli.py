@@ -347,7 +347,7 @@ def _spool_flush(args: argparse.Namespace, _: Settings) -> int:
     import os
 
     from api.bearer import key_problem
-    from api.client import SpoolServersError, flush_spool_dir
+    from api.client import SpoolServersError, base_url_problem, flush_spool_dir
 
     key = args.key or os.environ.get("TOKENTILL_API_KEY", "")
     # one a header cannot carry (é, a newline) was httpx's traceback, or every record kept
@@ -357,6 +357,10 @@ def _spool_flush(args: argparse.Namespace, _: Settings) -> int:
     if not key:
         print("error: give --key or set TOKENTILL_API_KEY", file=sys.stderr)
         return 2
+    for flag, given in (("--url", args.url), ("--server", args.server)):
+        if given and (problem := base_url_problem(given, flag)) is not None:  # was the client's ValueError traceback
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     left = 0
     try:  # the key goes to the server it is given for only
         flushed = flush_spool_dir(args.dir, key, url=args.url, server=args.server)

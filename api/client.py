@@ -37,6 +37,7 @@ from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, NoReturn, TypedDict, TypeVar, Unpack
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -186,6 +187,22 @@ class ReserveOptions(TypedDict, total=False):
     cache_ttl: str | None
 
 
+def base_url_problem(base_url: str, name: str = "base_url") -> str | None:
+    """Why no call's path can follow `base_url`, or None: each path is added to it, so after a "?"
+    or "#" it became the query or a fragment ("http://h:8000?" + "/v1/…" was GET /, 404 at every
+    call); a URL without http(s) and a host, or with a space or control character, reaches nothing."""
+    try:
+        parts = urlsplit(base_url)
+        parts.port  # noqa: B018 - raises on a port that is not a number from 0 to 65535
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or "?" in base_url \
+            or "#" in base_url or any(c.isspace() or not c.isprintable() for c in base_url):
+        return (f"{name} must be an http(s) URL with a host and no query or fragment, such as "
+                f"http://127.0.0.1:8000, not {base_url!r}")
+    return None
+
+
 class _Base:
     """What both clients share: requests, retry schedules, the spool."""
 
@@ -196,6 +213,8 @@ class _Base:
                  spool_dir: str | os.PathLike[str] | None = None, spool_silently: bool = False,
                  background_settle: bool = False, drain_timeout_s: float = 30.0) -> None:
         if problem := key_problem("api_key", api_key):  # else every call failed in httpx or h11, settles spooled
+            raise ValueError(problem)
+        if problem := base_url_problem(base_url):  # else every call went elsewhere (404), settles spooled
             raise ValueError(problem)
         self._base_url, self._retries, self._retry_budget_s = base_url.rstrip("/"), retries, retry_budget_s
         self._policy = RetryPolicy(backoff_s, max_backoff_s, max_retry_after_s)
@@ -854,6 +873,8 @@ def flush_spool_dir(directory: str | os.PathLike[str] | None, api_key: str, *, u
         base = url or record.base_url
         if target is not None and url is None and record.base_url.rstrip("/") != target:
             return "kept", f"for {record.base_url}, not {target}, the server the key was given for"
+        if (problem := base_url_problem(base)) is not None:  # a record of an SDK before the client refused it
+            return "kept", problem
         if base not in clients:
             clients[base] = Client(base, api_key, timeout=timeout, spool=False, flush_spool=False)
         return clients[base].resend(record)

@@ -160,3 +160,36 @@ async def test_every_call_s_key_is_sent_stripped_of_spaces_and_refused_at_the_ca
         assert len(sent) == 4 and client.spool is not None and client.spool.records() == []
     finally:
         await run(client.aclose() if asynchronous else client.close())
+
+
+@pytest.mark.parametrize("cls", [Client, AsyncClient])
+@pytest.mark.parametrize("base_url", ["http://127.0.0.1:8000?", "http://127.0.0.1:8000/#", "http://127.0.0.1:8000?x=1",
+                                      "127.0.0.1:8000", "ftp://127.0.0.1:8000", "http://127.0.0.1 :8000"])
+def test_a_base_url_the_calls_paths_cannot_follow_is_a_value_error_when_the_client_is_built(cls, base_url, tmp_path):
+    """Each call's path is added to the base URL: "http://127.0.0.1:8000?" + "/v1/customers/acme"
+    went to GET / with the query "/v1/customers/acme" (404 `NotFound` at every call, a settle spooled
+    for a flush that would 404 too), "…/#" to GET / (the path a fragment, never sent); a URL without
+    http(s) and a host, or with a space, no call could reach. Now a ValueError naming `base_url`."""
+    seen: list[httpx.URL] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url)
+        return httpx.Response(200, json={})
+
+    with pytest.raises(ValueError, match="base_url must be an http"):
+        cls(base_url, "tt_key", transport=httpx.MockTransport(record), spool_dir=tmp_path)
+    assert seen == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_base_url_with_a_path_builds_a_client_that_calls_under_it(tmp_path):
+    seen: list[str] = []
+
+    def record(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(200, json={})
+
+    client = Client("http://127.0.0.1:8000/billing/", "tt_key", transport=httpx.MockTransport(record), spool=False)
+    try:
+        assert client.get("/v1/ping") == {} and seen == ["/billing/v1/ping"]
+    finally:
+        client.close()

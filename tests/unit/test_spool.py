@@ -987,3 +987,33 @@ def test_a_call_spooled_again_is_filed_with_its_last_spooling_s_time_and_reason(
     kept.append(second)
     assert kept.flush(refused).rejected == 1 and not kept.path.exists()
     assert filed(kept) == due  # was the 1st spooling's twice
+
+
+def test_a_spool_flush_to_a_url_no_path_can_follow_is_a_usage_error_and_sends_nothing(tmp_path, monkeypatch, capsys):
+    """`--url http://127.0.0.1:9000?`: each record's path added after the "?" is a query (every
+    record sent to /, 404, kept); the SDK's client now refuses such a base URL, which ended the flush
+    in its ValueError traceback. Now a usage error naming `--url`, exit 2, nothing sent; a record
+    spooled under such a server by an earlier SDK is kept, saying why, and the others go."""
+    import api.cli
+    import api.client
+
+    spool = Spool(tmp_path / "a.jsonl")
+    spool.append(record(1, "res_a"))
+    sent: list[str | None] = []
+
+    def resend(self, record: SpoolRecord) -> tuple[str, str]:
+        sent.append(record.reservation_id)
+        return "delivered", "200"
+
+    monkeypatch.setattr(api.client.Client, "resend", resend)
+    code = api.cli.main(["spool", "flush", "--dir", str(tmp_path), "--key", "k", "--url", "http://127.0.0.1:9000?"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --url must be an http(s) URL") and sent == []
+    assert [r.reservation_id for r in spool.records()] == ["res_a"]
+    old = Spool(tmp_path / "old" / "b.jsonl")
+    bad = record(2, "res_b")
+    old.append(SpoolRecord(bad.method, bad.path, bad.body, bad.idempotency_key, bad.reservation_id,
+                           "http://127.0.0.1:8000#", bad.key_id, spooled_at=bad.spooled_at))
+    [(_, report)] = api.client.flush_spool_dir(tmp_path / "old", "k")
+    assert (report.kept, sent) == (1, []) and "base_url must be an http(s) URL" in report.problems[0]
+    assert [r.reservation_id for r in old.records()] == ["res_b"]
