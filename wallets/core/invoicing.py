@@ -338,13 +338,21 @@ def true_up_lines(rules: list[tuple[Rule, str, int, int]], discounts: Mapping[st
                 continue  # the version that rated it has a line of its own
             with pricing_context():
                 exact.append(-per_amount(qd * price * share, per_units(rule.token_type)) - Decimal(ad).scaleb(-SCALE))
-                unit = -price * share
+                unit = _discount_unit(price, share)
             lines.append({**line, "token_type": token_type, "quantity": qd, "unit_price": str(unit), "model": model,
                           "override_id": override_id})
     _, units = round_entry(exact, SCALE)
     for line, amount, u in zip(lines, exact, units, strict=True):
         line.update(amount_units=u, exact=str(amount))
     return [line for line in lines if line["amount_units"]]
+
+
+def _discount_unit(price: Decimal, share: Decimal) -> Decimal:
+    """A discount's unit price of `share` (its percent / 100) off `price`, written as a charge's
+    discount line writes it (pricing.rating: -price x percent / 100): -100 of 1000 at 10 %, not
+    -100.0 (price x 0.1). The caller holds the pricing context."""
+    percent = (share * 100).normalize()
+    return -price * (percent.quantize(Decimal(1)) if percent.as_tuple().exponent > 0 else percent) / 100
 
 
 def allowance_lines(rollup: Rollup, period: str, true_ups: list[dict[str, Any]],

@@ -53,7 +53,7 @@ def test_a_discount_ending_mid_period_takes_its_share_off_the_volume_true_up_of_
             rollup[item] = (q + line["quantity"], a + line["amount_units"])
     lines = true_up_lines(volume_rules(book, rollup, "2026-11"), volume_discounts(book, rollup, "2026-11"))
     assert [(x["quantity"], x["unit_price"], x["amount_units"], x["override_id"]) for x in lines] == [
-        (1_300_000, "10", -10 * 10**9, None), (600_000, "-5.0", 3 * 10**9, "half")]
+        (1_300_000, "10", -10 * 10**9, None), (600_000, "-5", 3 * 10**9, "half")]  # -5: as the charge writes -10
     charged = sum(a for item, (_, a) in rollup.items())
     assert charged + sum(x["amount_units"] for x in lines) == 10 * 10**9
 
@@ -66,3 +66,33 @@ def test_a_free_allowance_is_counted_in_atomic_units_and_read_back_as_money() ->
     assert counts == {"in": 100_000, "allowance:f": 10**9}
     second = rate(Usage("m", {"input": 100_000}, AT), version, free, period_to_date(counts))
     assert second.total_units == 5 * 10**8  # $0.50 of the allowance left: $0.50 charged
+
+
+def _discounted_true_up(prices: tuple[str, str], percent: str) -> tuple[list[str], list[str]]:
+    """1.5M output tokens of a volume rule (1M at prices[0] per 1M, beyond at prices[1]) at
+    `percent` off: the unit prices of the charge's discount lines and of the true-up's lines."""
+    version = parse_version({"id": "vol", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
+        {"id": "v-out", "model": "model-v", "token_type": "output", "tier_mode": "volume",
+         "tiers": [{"up_to": 1_000_000, "price": prices[0]}, {"up_to": None, "price": prices[1]}]}]})
+    book = PriceBook("vol", "USD", (version,))
+    off = Overrides(discounts=(Discount("off", Decimal(percent), model="model-v"),))
+    rollup: dict[str, tuple[int, int]] = {}
+    charged = charge_lines(rate(Usage("model-v", {"output": 1_500_000}, AT), version, off), 1)
+    for line in charged:
+        item = line_item("2026-11", line)
+        q, a = rollup.get(item, (0, 0))
+        rollup[item] = (q + line["quantity"], a + line["amount_units"])
+    lines = true_up_lines(volume_rules(book, rollup, "2026-11"), volume_discounts(book, rollup, "2026-11"))
+    return ([x["unit_price"] for x in charged if x["kind"] == "discount"],
+            [x["unit_price"] for x in lines])
+
+
+def test_a_discount_s_true_up_line_shows_its_unit_price_as_the_charge_s_discount_lines_do() -> None:
+    # 10 % off: the charge's discount lines at each tier's price, -150 and -100 (of 1500 and 1000),
+    # -0.20 and -0.10 (of 2.00 and 1.00); the true-up's at the tier reached, -100 and -0.10, written
+    # as those are, not -100.0 and -0.100 (the price times the share 0.1)
+    assert _discounted_true_up(("1500", "1000"), "10") == (["-150", "-100"], ["1000", "-100"])
+    assert _discounted_true_up(("2.00", "1.00"), "10") == (["-0.20", "-0.10"], ["1.00", "-0.10"])
+    # a percent with decimals of its own: 12.5 % of 1.00 is -0.125, as the charge's line writes it
+    # (2.00 x 12.5 / 100 = -0.250), not -0.12500
+    assert _discounted_true_up(("2.00", "1.00"), "12.5") == (["-0.250", "-0.125"], ["1.00", "-0.125"])
