@@ -18,7 +18,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -42,7 +42,7 @@ class ImportReport:
     book_id: str
     models: int
     rules: int  # rules of the version in force at effective_from
-    created: list[str] = field(default_factory=list)  # effective_from of each version posted
+    created: list[str] = field(default_factory=list)  # effective_from of each version posted (UTC, Z: _utc)
     conflicts: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -50,6 +50,11 @@ class ImportReport:
         return {"book": self.book_id, "models": self.models, "rules": self.rules, "created": self.created,
                 "unchanged": not self.created and not self.conflicts, "conflicts": self.conflicts,
                 "not_expressed": self.skipped}
+
+
+def _utc(at: datetime) -> str:
+    """`at` in UTC with a Z, as every answer writes times (2030-01-01T00:00:00.000001Z)."""
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _key(rules: list[dict[str, Any]]) -> str:
@@ -119,13 +124,13 @@ async def import_book(db: Database, plan: ProviderBook, effective_from: datetime
         start = first if same else at
         for body, version in ready:  # the versions taking effect later: they have their time
             if version.effective_from != start:
-                report.created.append((await add_version(conn, body, version)).version.effective_from.isoformat())
+                report.created.append(_utc((await add_version(conn, body, version)).version.effective_from))
         for body, version in ready:  # the one in force from `at` on, written last (behind the fence, for now)
             if version.effective_from == start:
                 others = [v.effective_from for v in stored] + [t for t, _ in plan.versions] + [t for t, _ in versions]
                 now = None if effective_from is not None else partial(_fenced, conn, clock, at, others)
                 added = await add_version(conn, body, version, now=now)
-                report.created.insert(0, added.version.effective_from.isoformat())
+                report.created.insert(0, _utc(added.version.effective_from))
         return report
 
     try:

@@ -269,7 +269,8 @@ class ImportedBookResponse(msgspec.Struct):
     book: str
     models: int
     rules: int
-    created: list[str]
+    created: Annotated[list[str], msgspec.Meta(description=(
+        "the effective_from of each version posted, in UTC with a Z (2030-01-01T00:00:00.000001Z)"))]
     unchanged: bool
     conflicts: list[str]
     not_expressed: dict[str, str]

@@ -51,7 +51,8 @@ async def test_an_effective_from_finer_than_a_microsecond_takes_effect_at_the_ne
         "effective_from": "2030-01-01T00:00:00.0000005Z"})
     assert imported.status_code == 200, imported.text
     (book,) = imported.json()["books"]
-    assert book["created"][0] == "2030-01-01T00:00:00.000001+00:00", book
+    # in UTC with a Z, as the versions' effective_from below and every other answer's times
+    assert book["created"][0] == "2030-01-01T00:00:00.000001Z", book
     versions = (await client.get("/v1/price-books/genai-cohere")).json()["versions"]
     assert [v["effective_from"] for v in versions][:2] == ["2026-01-01T00:00:00Z", "2030-01-01T00:00:00.000001Z"]
 

@@ -35,7 +35,7 @@ async def _book(db: Database) -> str:
     book = f"fence-{uuid.uuid4().hex[:8]}"
     plan = ProviderBook("p", book, None, versions=[(datetime(2000, 1, 1, tzinfo=UTC), rules("1", "1"))], models=2)
     first = await price_import.import_book(db, plan, None, clock_of(T))
-    assert first.created == ["2000-01-01T00:00:00+00:00"], first
+    assert first.created == ["2000-01-01T00:00:00Z"], first
     later = {"id": book, "currency": "USD", "effective_from": (T + timedelta(seconds=5)).isoformat(),
              "rules": rules("3", "2"), "format": 2, "unpriced": "zero"}
     await db.run(lambda conn: books.add_version(conn, later))
@@ -51,7 +51,7 @@ async def test_now_is_the_time_taken_behind_the_fence_not_when_the_import_began(
     # the import began at T, planned at T + 1 s under the book's lock, fenced the lanes at T + 2 s
     report = await price_import.import_book(db, plan, None, clock_of(T, T + timedelta(seconds=1),
                                                                         T + timedelta(seconds=2)))
-    assert (report.created, report.conflicts) == ([(T + timedelta(seconds=2)).isoformat()], []), report
+    assert (report.created, report.conflicts) == (["2031-03-04T05:06:09.890000Z"], []), report  # T + 2 s
     stored = await db.read(lambda conn: books.stored_versions(conn, book))
     assert [(v.version, v.effective_from, prices(v)) for v in stored[1:]] == [
         ("2031-03-04T05:06:09Z", T + timedelta(seconds=2), {"m": "3", "k": "1"}),
