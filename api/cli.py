@@ -244,8 +244,8 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
             keys.validate(args.scope, args.customer or [], args.name)  # before any connection: a usage error
             key, secret = _with_db(settings, lambda db: db.run(
                 lambda conn: keys.create(conn, args.scope, args.customer or [], args.name)))
-            print(json.dumps({"id": key.id, "key": secret, "scope": key.scope,
-                              "customers": list(key.customers), "created_at": key.created_at.isoformat()}))
+            print(json.dumps({"id": key.id, "key": secret, "scope": key.scope, "customers": list(key.customers),
+                              "name": key.name, "created_at": key.created_at.isoformat(), "revoked_at": None}))
             print("store the key now: it is not shown again", file=sys.stderr)
         elif args.keys == "list":
             from api.audit_cli import printable, readable_stdout  # a name is its maker's text
