@@ -91,7 +91,7 @@ def plan_versions(plan: ProviderBook, stored: list[StoredVersion], effective_fro
         if _key(rules) == _key(before):
             continue
         if any(start == at for start, _ in current):
-            conflicts.append(f"a stored version takes effect at {at.isoformat()} with other prices")
+            conflicts.append(f"a stored version takes effect at {_utc(at)} with other prices")
             continue
         wanted.append((at, rules))
         current = sorted([*current, (at, rules)], key=lambda v: v[0])
@@ -157,7 +157,7 @@ async def _fenced(conn: AsyncConnection, clock: Callable[[], datetime], planned_
     would make the plan wrong: that is a conflict, reported (import again)."""
     now = await lanes_fenced(conn, clock)
     if any(planned_at < t <= now for t in others):
-        raise ConflictError(f"a version takes effect between {planned_at.isoformat()} and {now.isoformat()}, "
+        raise ConflictError(f"a version takes effect between {_utc(planned_at)} and {_utc(now)}, "
                             "while the import's was written: import again")
     return now
 
