@@ -440,8 +440,8 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument("--file", metavar="EXPORT.jsonl", help="verify this export offline, with no database")
     verify.add_argument("--expect-head", type=chain_hash, metavar="HEX",
-                        help="the chain hash (64 hex digits) of a head kept apart: with --file, the last seal's; "
-                        "on the database, one seal's (the chain passes through it)")
+                        help="the chain hash (64 hex digits) of a head kept apart: a seal of the file (with --file) "
+                        "or of the database must have it (the chain passes through it)")
     verify.set_defaults(func=_audit_verify)
     export = audit.add_parser("export", help="stream the journal as beancount, csv or jsonl (with its seals)")
     export.add_argument("--format", required=True, choices=["beancount", "csv", "jsonl"])

@@ -174,6 +174,7 @@ class OfflineReport:
     seals: int = 0
     unsealed: int = 0
     head: str | None = None  # the last seal's chain hash: compare it with one from another source
+    chain: dict[str, int] = field(default_factory=dict)  # each seal's chain hash -> its id, in file order
     whole: bool = True
     gaps: int = 0  # in a window export: places where seals were left out (the chain is not checked there)
     problems: list[str] = field(default_factory=list)
@@ -501,6 +502,7 @@ class _Verifier:
             self.report.fail(f"seal {seal.id}: its chain hash does not match the hashes of its entries"
                              + (" and its sealed_at" if seal.sealed_at is not None else ""))
         self.report.head = seal.chain_hash
+        self.report.chain[seal.chain_hash] = seal.id
 
 
     def dated_ahead(self, seal: _Seal) -> None:
@@ -582,6 +584,27 @@ def _print(report: OfflineReport, expect_head: str | None) -> None:
               + " are not in it, so nothing here shows that none was removed; verify a whole export to know")
     if not expect_head:
         print("note: compare the chain head with one obtained apart from this file (--expect-head)")
+    else:
+        heads = list(report.chain)
+        print(f"seal {report.chain[expect_head]} has chain hash {expect_head}: the chain passes through it "
+              f"({len(heads) - 1 - heads.index(expect_head)} seal(s) after it in the file)")
+
+
+def _expected(report: OfflineReport, head: str) -> None:
+    """Whether the file's chain passes through `head` (a seal's chain hash kept apart: published,
+    mailed, from an earlier export), as `audit verify --expect-head` asks of a database: a seal
+    must have it, the last or an earlier one (the chain grows, so a head kept at any earlier time
+    still matches while the history up to it is the one it was taken of)."""
+    if report.head is None and not report.whole:  # a window holds its entries' seals
+        report.fail(f"the window export has no seal (its entries not sealed yet, or their seals cut out with them), "
+                    f"so no chain in it ends at the expected head {head}: check a whole export against it")
+    elif report.head is None:  # as `audit verify --expect-head` says of a database
+        report.fail(f"the file has no seal, so no chain in it ends at the expected head {head} "
+                    "(every seal cut out, or the head is another ledger's)")
+    elif head not in report.chain:
+        report.fail(f"no seal in the file has chain hash {head}: the chain was rewritten since that head was "
+                    "taken, the file stops before it, or the head is another ledger's "
+                    f"(the chain ends at {report.head})")
 
 
 def chain_hash(text: str) -> str:
@@ -596,7 +619,8 @@ def main(argv: list[str] | None = None) -> int:
     """Exit 0 when the export is intact, 1 naming the first problem, 2 when it cannot be read."""
     p = argparse.ArgumentParser(prog="python -m ledger.offline", description="verify a tokentill jsonl export")
     p.add_argument("file")
-    p.add_argument("--expect-head", type=chain_hash, metavar="HEX", help="the chain hash the last seal must have")
+    p.add_argument("--expect-head", type=chain_hash, metavar="HEX",
+                   help="a chain hash kept apart: a seal of the file must have it")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     args = p.parse_args(argv)
     if isinstance(sys.stdout, io.TextIOWrapper):  # an edited file's text, in a locale that lacks it: escaped
@@ -606,14 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"error: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return 2
-    if args.expect_head and report.head is None and not report.whole:  # a window holds its entries' seals
-        report.fail(f"the window export has no seal (its entries not sealed yet, or their seals cut out with them), "
-                    f"so no chain in it ends at the expected head {args.expect_head}: check a whole export against it")
-    elif args.expect_head and report.head is None:  # as `audit verify --expect-head` says of a database
-        report.fail(f"the file has no seal, so no chain in it ends at the expected head {args.expect_head} "
-                    "(every seal cut out, or the head is another ledger's)")
-    elif args.expect_head and report.head != args.expect_head.lower():
-        report.fail(f"the chain ends at {report.head}, not at the expected head {args.expect_head}")
+    if args.expect_head:
+        _expected(report, args.expect_head)
     if args.json:
         print(json.dumps({"ok": report.ok, "entries": report.entries, "seals": report.seals,
                           "unsealed": report.unsealed, "head": report.head, "whole": report.whole,

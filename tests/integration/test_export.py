@@ -221,6 +221,25 @@ def test_an_untouched_export_verifies_offline(sealed_export, tmp_path):
     assert _verify(tmp_path, sealed_export, "--expect-head", "00" * 32).returncode == 1
 
 
+def test_a_head_kept_at_an_earlier_seal_matches_a_later_whole_export(sealed_export, tmp_path):
+    """An auditor keeps the head of the day (the last seal's chain hash then); the ledger seals on,
+    and the next export's chain passes through that head, as `audit verify --expect-head` finds on
+    the database (a seal has it). With --file the last seal's had to equal it: "the chain ends at
+    <the new head>, not at the expected head <the kept one>", exit 1, on an intact export."""
+    seals = [json.loads(line) for line in sealed_export if '"type":"seal"' in line]
+    kept = seals[-3]  # the head when that seal was the last: two seals have followed it
+    done = _verify(tmp_path, sealed_export, "--expect-head", kept["chain_hash"])
+    assert done.returncode == 0, done.stdout
+    assert (f"seal {kept['id']} has chain hash {kept['chain_hash']}: the chain passes through it "
+            "(2 seal(s) after it in the file)") in done.stdout
+    # a head no seal of the file has (rewritten since, or another ledger's) still fails, named
+    other = _verify(tmp_path, sealed_export, "--expect-head", "00" * 32)
+    assert other.returncode == 1
+    assert (f"FAIL no seal in the file has chain hash {'00' * 32}: the chain was rewritten since that head was "
+            f"taken, the file stops before it, or the head is another ledger's (the chain ends at "
+            f"{seals[-1]['chain_hash']})") in other.stdout
+
+
 def test_a_changed_amount_is_named(sealed_export, tmp_path):
     lines = list(sealed_export)
     i, entry = _entries(lines)[400]
