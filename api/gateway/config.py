@@ -14,6 +14,9 @@ from api.gateway.calls import SERVER_TOOL_MAX_USES, SERVER_TOOL_RESULT_TOKENS
 from pricing.usage import MAX_QUANTITY
 from wallets.commands import MAX_TTL_SECONDS
 
+# the prompt held for a call continuing a conversation whose model's context window no book names
+CONTEXT_HOLD_TOKENS = 400_000
+
 # The betas (`anthropic-beta`, `openai-beta` values) a call may carry upstream unless the operator lists
 # its own (TOKENTILL_GATEWAY_ANTHROPIC_BETAS, TOKENTILL_GATEWAY_OPENAI_BETAS): a beta can switch on a
 # feature billed at prices the gateway does not meter, so one not listed is refused (400), never
@@ -81,7 +84,7 @@ class GatewaySettings:
     default_max_output_tokens: int = 4096  # the output cap a call that sets none is held for, and sent with
     # The prompt held for a call that continues a conversation (previous_response_id, conversation)
     # when neither its price book nor genai-prices knows the model's context window.
-    context_hold_tokens: int = 400_000
+    context_hold_tokens: int = CONTEXT_HOLD_TOKENS
     # Anthropic's server tools (web search, web fetch): the uses a tool without max_uses is sent
     # with (an OpenAI responses call's web search without max_tool_calls too), and the input
     # tokens held per use for its results (a web fetch's max_content_tokens when it sets none).
@@ -120,7 +123,8 @@ class GatewaySettings:
             # none was refused, 400 naming a field (`n`) its caller never set
             default_max_output_tokens=whole_number(env, "TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS", 4096,
                                                    most=MAX_QUANTITY),
-            context_hold_tokens=whole_number(env, "TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS", 400_000, most=MAX_QUANTITY),
+            context_hold_tokens=whole_number(env, "TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS", CONTEXT_HOLD_TOKENS,
+                                             most=MAX_QUANTITY),
             server_tool_max_uses=whole_number(env, "TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES", SERVER_TOOL_MAX_USES,
                                               most=MAX_QUANTITY),
             server_tool_result_tokens=_tool_results(env),
@@ -169,13 +173,18 @@ def upstream_url(env: Mapping[str, str], name: str, default: str) -> str:
 
 def _tool_results(env: Mapping[str, str]) -> int:
     """The input tokens held per use of a server tool, such that a tool's default uses of them
-    are a hold's count at most (10**12 uses of 10,000 tokens refused every call with a web search)."""
+    leave room, in a hold's count, for a prompt of the context held for a conversation (a hold
+    counts the prompt beside the results: 10**11 uses of 10,000 tokens, 10**15, refused every
+    call with a web search, its prompt of a few tokens past the count)."""
     uses = whole_number(env, "TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES", SERVER_TOOL_MAX_USES, most=MAX_QUANTITY)
     tokens = whole_number(env, "TOKENTILL_GATEWAY_SERVER_TOOL_RESULT_TOKENS", SERVER_TOOL_RESULT_TOKENS,
                           most=MAX_QUANTITY)
-    if uses * tokens > MAX_QUANTITY:
+    context = whole_number(env, "TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS", CONTEXT_HOLD_TOKENS, most=MAX_QUANTITY)
+    if uses * tokens + context > MAX_QUANTITY:
         raise SystemExit(f"TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES × TOKENTILL_GATEWAY_SERVER_TOOL_RESULT_TOKENS "
-                         f"({uses:,} × {tokens:,}) must be at most {MAX_QUANTITY:,}, the tokens a hold counts")
+                         f"({uses:,} × {tokens:,}) must leave room for a prompt of "
+                         f"TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS ({context:,}): together at most {MAX_QUANTITY:,}, "
+                         "the tokens a hold counts")
     return tokens
 
 

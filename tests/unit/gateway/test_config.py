@@ -94,8 +94,12 @@ def test_a_gateway_token_count_no_hold_can_count_stops_the_start_naming_it(name)
     # 100000000000000000000: … past the 1000000000000000 a hold counts", naming a field its caller never set
     with pytest.raises(SystemExit, match=f"{name} must be a whole number from 1 to 1,000,000,000,000,000"):
         GatewaySettings.from_env({name: str(10**15 + 1)})
-    ones = {n: "1" for n in ("TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES", "TOKENTILL_GATEWAY_SERVER_TOOL_RESULT_TOKENS")}
-    assert GatewaySettings.from_env({**ones, name: str(10**15)}) is not None  # 10**15 × 1 uses: the most
+    ones = {n: "1" for n in ("TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES", "TOKENTILL_GATEWAY_SERVER_TOOL_RESULT_TOKENS",
+                             "TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS")}
+    # the most: 10**15 output tokens; of the tools' uses x results and the prompt beside them, 10**15
+    # in all (10**15 - 1 beside the others' 1 x 1, or 1 x 1 beside it: test_tool_results_the_start_takes_...)
+    most = 10**15 if name == "TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS" else 10**15 - 1
+    assert GatewaySettings.from_env({**ones, name: str(most)}) is not None
 
 
 def test_server_tool_uses_whose_results_no_hold_can_count_stop_the_start_naming_both():
@@ -104,5 +108,33 @@ def test_server_tool_uses_whose_results_no_hold_can_count_stop_the_start_naming_
     with pytest.raises(SystemExit, match="TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES × "
                                          "TOKENTILL_GATEWAY_SERVER_TOOL_RESULT_TOKENS"):
         GatewaySettings.from_env({"TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES": str(10**12)})
-    s = GatewaySettings.from_env({"TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES": str(10**11)})  # 10**11 × 10,000 = 10**15
-    assert (s.server_tool_max_uses, s.server_tool_result_tokens) == (10**11, 10_000)
+    # 99,999,999,960 × 10,000 = 999,999,999,600,000, and the default 400,000 of a prompt beside: 10**15
+    s = GatewaySettings.from_env({"TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES": "99999999960"})
+    assert (s.server_tool_max_uses, s.server_tool_result_tokens) == (99_999_999_960, 10_000)
+
+
+def test_tool_results_the_start_takes_leave_room_for_a_prompt_beside_them():
+    # a hold counts a call's prompt beside its tools' results: 10**11 uses of 10,000 tokens are
+    # 10**15, all a hold counts, so the start took them and every Anthropic web search (and every
+    # OpenAI responses call with one) that set no max_uses was refused, 400 "tools: holds
+    # 1000000000000000 input tokens of tool results, past the 1000000000000000 a hold counts", its
+    # prompt of a few tokens the difference. The results must leave room for a prompt of
+    # TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS (400,000 by default; here 1,000,000):
+    # 99,999,999,900 x 10,000 = 999,999,999,000,000, + 1,000,000 = 10**15, taken;
+    # 99,999,999,901 x 10,000 = 999,999,999,010,000, + 1,000,000 = 10**15 + 10,000, not
+    import msgspec
+
+    from api.gateway.calls import MESSAGES, parse_call
+    from pricing.tokens import TokenCounter
+
+    uses, context = "TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES", "TOKENTILL_GATEWAY_CONTEXT_HOLD_TOKENS"
+    for refused in ({uses: str(10**11)}, {uses: "99999999901", context: "1000000"}):
+        with pytest.raises(SystemExit, match=f"{uses} × TOKENTILL_GATEWAY_SERVER_TOOL_RESULT_TOKENS"):
+            GatewaySettings.from_env(refused)
+    s = GatewaySettings.from_env({uses: "99999999900", context: "1000000"})
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "web_search_20250305", "name": "web_search"}]}
+    c = parse_call(MESSAGES, msgspec.json.encode(body), default_max_output=s.default_max_output_tokens,
+                   counter=TokenCounter(), server_tool_max_uses=s.server_tool_max_uses,
+                   server_tool_result_tokens=s.server_tool_result_tokens)
+    assert c.tool_uses == (("web_search", 99_999_999_900),)
