@@ -601,6 +601,10 @@ def _expected(report: OfflineReport, head: str) -> None:
     elif report.head is None:  # as `audit verify --expect-head` says of a database
         report.fail(f"the file has no seal, so no chain in it ends at the expected head {head} "
                     "(every seal cut out, or the head is another ledger's)")
+    elif head not in report.chain and not report.whole:  # its seals before its first, and in its gaps, left out
+        report.fail(f"no seal in the window export has chain hash {head}: the window starts after that seal or "
+                    "leaves it out in a gap, the chain was rewritten since that head was taken, or the head is "
+                    f"another ledger's (the chain ends at {report.head}): check a whole export against it")
     elif head not in report.chain:
         report.fail(f"no seal in the file has chain hash {head}: the chain was rewritten since that head was "
                     "taken, the file stops before it, or the head is another ledger's "
