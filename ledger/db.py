@@ -24,7 +24,11 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 T = TypeVar("T")
-RETRYABLE = frozenset({"40001", "40P01"})  # serialization_failure, deadlock_detected
+# serialization_failure, deadlock_detected, and idle_in_transaction_session_timeout: the server
+# ended a transaction that sat idle past its timeout (a writer's process starved of CPU for
+# seconds, not hung: it goes on). It ends only a session idle INSIDE a transaction, never one whose
+# COMMIT it has, so nothing of it was committed: the work runs again on a fresh connection.
+RETRYABLE = frozenset({"40001", "40P01", "25P03"})
 # A Lead's function that the session does not have though it was thought to (it cannot be dropped
 # but by ending the session: never seen, guarded): the attempt is sent again at once, creating it.
 LEAD_MISSING = "42883"  # undefined_function
@@ -39,7 +43,8 @@ IDLE_IN_TRANSACTION_MS = 60_000
 WRITER_IDLE_IN_TRANSACTION_MS = 5_000
 
 RETRIES = Counter(
-    "tokentill_transaction_retries", "Transactions retried after a serialization failure or deadlock",
+    "tokentill_transaction_retries",
+    "Transactions retried after a serialization failure, a deadlock or an idle transaction the server ended",
     ["sqlstate"],
 )
 EXHAUSTED = Counter(
