@@ -238,6 +238,7 @@ def _with_db(settings: Settings, work):
 def _keys(args: argparse.Namespace, settings: Settings) -> int:
     from api import keys
     from ledger.errors import LedgerError
+    from wallets.core.state import wire_time  # created_at as POST /v1/api-keys answers it: UTC, Z
 
     try:
         if args.keys == "create":
@@ -245,7 +246,7 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
             key, secret = _with_db(settings, lambda db: db.run(
                 lambda conn: keys.create(conn, args.scope, args.customer or [], args.name)))
             print(json.dumps({"id": key.id, "key": secret, "scope": key.scope, "customers": list(key.customers),
-                              "name": key.name, "created_at": key.created_at.isoformat(), "revoked_at": None}))
+                              "name": key.name, "created_at": wire_time(key.created_at), "revoked_at": None}))
             print("store the key now: it is not shown again", file=sys.stderr)
         elif args.keys == "list":
             from api.audit_cli import printable, readable_stdout  # a name is its maker's text

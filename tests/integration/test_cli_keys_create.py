@@ -23,3 +23,12 @@ def test_keys_create_prints_every_field_the_api_answers_with_its_name(database_u
         None,
     )
     assert printed["key"].startswith("tt_") and printed["id"].startswith("key_")
+
+
+def test_keys_create_writes_created_at_as_the_api_does_in_utc_with_z(database_url, monkeypatch, capsys):
+    """(review of d1fcc86) POST /v1/api-keys answers created_at in UTC with Z, as every answer
+    does; the CLI printed the same key's created_at with isoformat(): '...+00:00'."""
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", database_url)
+    assert main(["keys", "create", "--scope", "inference", "--name", "created-at z"]) == 0
+    created_at = json.loads(capsys.readouterr().out)["created_at"]
+    assert created_at.endswith("Z") and "+" not in created_at, created_at
