@@ -585,9 +585,18 @@ def _print(report: OfflineReport, expect_head: str | None) -> None:
     if not expect_head:
         print("note: compare the chain head with one obtained apart from this file (--expect-head)")
     else:
-        heads = list(report.chain)
-        print(f"seal {report.chain[expect_head]} has chain hash {expect_head}: the chain passes through it "
-              f"({len(heads) - 1 - heads.index(expect_head)} seal(s) after it in the file)")
+        found = _passes(report, expect_head)
+        print(f"seal {found['seal']} has chain hash {expect_head}: the chain passes through it "
+              f"({found['after']} seal(s) after it in the file)")
+
+
+def _passes(report: OfflineReport, head: str) -> dict[str, object] | None:
+    """The seal of the file that has `head` and how many follow it, or None: the text's line and
+    the JSON's `expected_head` (which said only ok, and the last seal's head)."""
+    if head not in report.chain:
+        return None
+    heads = list(report.chain)
+    return {"chain_hash": head, "seal": report.chain[head], "after": len(heads) - 1 - heads.index(head)}
 
 
 def _expected(report: OfflineReport, head: str) -> None:
@@ -640,6 +649,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"ok": report.ok, "entries": report.entries, "seals": report.seals,
                           "unsealed": report.unsealed, "head": report.head, "whole": report.whole,
                           "gaps": report.gaps,
+                          **({"expected_head": _passes(report, args.expect_head)} if args.expect_head else {}),
                           "problem_count": report.problem_count, "problems": report.problems}, indent=2))
     else:
         _print(report, args.expect_head)

@@ -4,6 +4,8 @@ having been rewritten; the failure says so and sends the auditor to a whole expo
 
 from __future__ import annotations
 
+import json
+
 from ledger.offline import OfflineReport, _expected
 
 KEPT, LAST = "a" * 64, "b" * 64  # the head kept apart (an earlier seal's), the window's last seal's
@@ -33,3 +35,17 @@ def test_a_head_a_window_s_seal_has_passes() -> None:  # guard
     report = OfflineReport(seals=2, head=LAST, chain={KEPT: 12, LAST: 13}, whole=False)
     _expected(report, KEPT)
     assert report.ok and report.problems == []
+
+
+def test_the_json_report_names_the_seal_that_has_the_expected_head(monkeypatch, capsys) -> None:
+    """(review of 98274f3) The text says 'seal 12 has chain hash ...: the chain passes through it
+    (1 seal(s) after it in the file)'; --json said only ok and the last seal's head (LAST, not the
+    head given), not which seal had it. Seal 12 of 12, 13: one seal after it."""
+    from ledger import offline
+
+    report = OfflineReport(seals=2, head=LAST, chain={KEPT: 12, LAST: 13})
+    monkeypatch.setattr(offline, "verify_file", lambda _: report)
+    assert offline.main(["export.jsonl", "--expect-head", KEPT, "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["head"] == LAST
+    assert printed["expected_head"] == {"chain_hash": KEPT, "seal": 12, "after": 1}
