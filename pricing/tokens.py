@@ -146,6 +146,17 @@ _LOCK = threading.Lock()
 _LOADED: dict[tuple[str, str], tiktoken.Encoding | None] = {}
 
 
+def _new_lock() -> None:
+    """A forked child's own lock: one held at the fork by another thread (loading an encoding)
+    would never be let go, and the child's first count hung (as wallets.model's new_id did)."""
+    global _LOCK
+    _LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock)
+
+
 def load_encoding(name: str, cache_dir: Path | None) -> tiktoken.Encoding | None:
     """The named encoding from offline sources only (cached per process); None if absent."""
     key = (name, str(cache_dir))

@@ -64,20 +64,11 @@ def test_a_child_forked_while_another_thread_holds_the_ids_lock_still_makes_ids(
     """Held at the fork (as by another thread minting an id), the lock stayed held in the child
     forever: its first new_id hung. The child now gets a lock of its own."""
     import os
-    import signal
-    import time
+
+    from tests.forked import exit_code_of
 
     with model._ids_lock:
         pid = os.fork()
         if pid == 0:  # the child: mint an id, exit 0 (a hang never gets here)
             os._exit(0 if new_id("evt").startswith("evt_") else 1)
-    for _ in range(200):  # up to ~10 s: a hang, not a timing
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        time.sleep(0.05)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise AssertionError("the forked child hung in new_id")
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert exit_code_of(pid, "the forked child hung in new_id") == 0
