@@ -8,6 +8,8 @@ from litestar.datastructures import State
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from api.errors import RETRY_AFTER_S, documented, problem
 from ledger.db import one_off_engine, pool_full
@@ -42,13 +44,15 @@ async def readiness(state: State) -> tuple[bool, str]:
         engine = state.get("probe_engine") or one_off_engine(state.services.database_url)
         state["probe_engine"] = engine
     try:
-        async with asyncio.timeout(READY_TIMEOUT_S), engine.connect() as conn:
-            current = await conn.run_sync(runner.current_revision)
-            # A standby, or default_transaction_read_only: every write would be a 503. The session
-            # is not kept (the setting is read when a session starts), so the next probe sees a change.
-            read_only = (await conn.execute(text("SHOW transaction_read_only"))).scalar() == "on"
-            if read_only:
-                await conn.invalidate()
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            try:
+                current, read_only = await _probe(engine)
+            except DBAPIError as exc:
+                # a pooled connection the server ended (a restarted postmaster, a failover) is not
+                # the database down: the failure renewed the pool, so ask once more on a fresh one
+                if not exc.connection_invalidated:
+                    raise
+                current, read_only = await _probe(engine)
     except Exception as exc:
         return False, f"database unreachable: {type(exc).__name__}"
     if read_only:
@@ -57,6 +61,18 @@ async def readiness(state: State) -> tuple[bool, str]:
     if current != head:
         return False, f"migrations at {current}, head is {head}"
     return True, current
+
+
+async def _probe(engine: AsyncEngine) -> tuple[str | None, bool]:
+    """The migration the database is at, and whether it takes no writes."""
+    async with engine.connect() as conn:
+        current = await conn.run_sync(runner.current_revision)
+        # A standby, or default_transaction_read_only: every write would be a 503. The session
+        # is not kept (the setting is read when a session starts), so the next probe sees a change.
+        read_only = (await conn.execute(text("SHOW transaction_read_only"))).scalar() == "on"
+        if read_only:
+            await conn.invalidate()
+    return current, read_only
 
 
 def _not_ready(detail: str) -> Response:

@@ -125,6 +125,20 @@ async def test_connections_the_server_ended_cost_one_503_then_the_pool_is_renewe
             assert wallet.status_code == 200 and wallet.json()["available"] == "6.00"
 
 
+async def test_readiness_is_not_refused_for_a_pooled_connection_the_server_ended(cluster):
+    """A connection of the pool the server ended (a postmaster restarted before the supervisor
+    renewed the pool, a failover, an operator) is not the database being down: readiness answered
+    503 "database unreachable: OperationalError" on it (the suite's CI read it so right after a
+    restarted postmaster's first top-up, test_supervisor), where the next connection works. It is
+    asked again on a fresh connection, once: the pool is renewed by the failure."""
+    async with app_client(cluster, pool_size=2) as client:
+        await warm_pool(client, 2)
+        assert end_other_sessions(cluster) >= 2
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        assert (await client.get("/readyz")).status_code == 200
+
+
 async def test_an_exhausted_pool_answers_503_after_the_pool_timeout(cluster):
     async with app_client(cluster, pool_size=1, pool_timeout_s=0.5) as client:
         cid = await customer(client)
