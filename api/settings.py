@@ -19,25 +19,31 @@ from ledger.db import IDLE_IN_TRANSACTION_MS
 from wallets.budgets import MAX_PER_CUSTOMER as MAX_BUDGETS_PER_CUSTOMER
 from wallets.webhooks.rules import AddressPolicy, parse_networks
 
+# The shortest duration a fractional-seconds setting takes. A microsecond was taken and left the
+# service unusable: every request head timed out before it came (the connection guard sweeps every
+# 50 ms at best, so less could not be kept anyway), every wait for a pooled connection and every
+# webhook attempt failed at once, the webhook poll spun, a writer batch was ended between statements.
+LEAST_SECONDS = 0.1
+
 
 def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "")
     value = (seconds_number(raw) if raw else default) or -1.0
-    if not 0 < value <= MOST_SECONDS:  # also refuses nan and inf
-        raise SystemExit(f"{name} must be a positive number of seconds, at most {MOST_SECONDS:,} (a year), "
+    if not LEAST_SECONDS <= value <= MOST_SECONDS:  # also refuses nan and inf
+        raise SystemExit(f"{name} must be a number of seconds from {LEAST_SECONDS} to {MOST_SECONDS:,} (a year), "
                          f"not {raw!r}")
     return value
 
 
 def _writer_idle(env: Mapping[str, str], name: str, default: float) -> float:
     """The wallet writers' idle-in-transaction timeout, which PostgreSQL keeps in whole
-    milliseconds: at least 1 ms (0.0004 s was set as 0, which PostgreSQL reads as no timeout: a
-    stopped process kept its lane's lock for good), at most every session's own (60 s: more was
-    taken as 60 s)."""
+    milliseconds: at least LEAST_SECONDS (0.0004 s was set as 0, which PostgreSQL reads as no
+    timeout: a stopped process kept its lane's lock for good; 1 ms ended batches between their
+    statements), at most every session's own (60 s: more was taken as 60 s)."""
     value = _seconds(env, name, default)
     most = IDLE_IN_TRANSACTION_MS / 1000
-    if not 0.001 <= value <= most:
-        raise SystemExit(f"{name} must be from 0.001 to {most:g} seconds, not {env.get(name, '')!r}")
+    if value > most:
+        raise SystemExit(f"{name} must be from {LEAST_SECONDS} to {most:g} seconds, not {env.get(name, '')!r}")
     return value
 
 

@@ -168,7 +168,7 @@ def test_a_database_url_with_an_unencoded_at_sign_in_its_password_stops_the_star
     assert Settings.from_env({"TOKENTILL_DATABASE_URL": encoded}).database_url == encoded
 
 
-@pytest.mark.parametrize("given, idle_ms", [("0.001", 1), ("5", 5_000), ("2.5", 2_500), ("60", 60_000)])
+@pytest.mark.parametrize("given, idle_ms", [("0.1", 100), ("5", 5_000), ("2.5", 2_500), ("60", 60_000)])
 def test_the_writers_idle_timeout_is_the_one_given(tmp_path, given, idle_ms):
     """The wallet writers' sessions are ended after TOKENTILL_WRITER_IDLE_SECONDS idle in their
     transaction: the app's database sets that, in milliseconds (the SQL each batch begins with)."""
@@ -181,7 +181,7 @@ def test_the_writers_idle_timeout_is_the_one_given(tmp_path, given, idle_ms):
     assert f"SET LOCAL idle_in_transaction_session_timeout = {idle_ms};" in _lock_then_begin([1], db.writer_idle_ms)
 
 
-@pytest.mark.parametrize("bad", ["0.0004", "61", "3600"])
+@pytest.mark.parametrize("bad", ["0.0004", "0.001", "61", "3600"])
 def test_a_writers_idle_timeout_the_server_cannot_keep_stops_the_start(bad):
     """Under a millisecond it was set as 0, which PostgreSQL reads as no timeout at all (a stopped
     process kept its lane's lock for good); past the 60 s every session has, it was 60 s."""
@@ -339,3 +339,28 @@ def test_a_data_dir_with_a_byte_not_in_utf8_is_not_refused_when_a_database_url_i
     It is kept as given, unused; without the URL it is still refused (the test above)."""
     s = Settings.from_env({"TOKENTILL_DATABASE_URL": "postgresql://u@h/db", "TOKENTILL_DATA_DIR": "/tmp/d\udcff"})
     assert (s.database_url, s.data_dir) == ("postgresql://u@h/db", Path("/tmp/d\udcff"))
+
+
+FRACTIONAL_DURATIONS = ("TOKENTILL_POOL_TIMEOUT_SECONDS", "TOKENTILL_WRITER_IDLE_SECONDS",
+                        "TOKENTILL_HEADER_TIMEOUT_SECONDS", "TOKENTILL_BODY_TIMEOUT_SECONDS",
+                        "TOKENTILL_BODY_DEADLINE_SECONDS", "TOKENTILL_KEEPALIVE_SECONDS",
+                        "TOKENTILL_SHUTDOWN_GRACE_SECONDS", "TOKENTILL_WEBHOOK_TIMEOUT_SECONDS",
+                        "TOKENTILL_WEBHOOK_POLL_SECONDS", "TOKENTILL_WEBHOOK_BACKOFF_SECONDS",
+                        "TOKENTILL_WEBHOOK_BACKOFF_CAP_SECONDS", "TOKENTILL_WEBHOOK_RETRY_WINDOW_SECONDS")
+
+
+@pytest.mark.parametrize("name", FRACTIONAL_DURATIONS)
+@pytest.mark.parametrize("tiny", ["0.000001", "1e-9", "0.099"])
+def test_a_duration_under_a_tenth_of_a_second_stops_the_start(name, tiny):
+    """A microsecond was taken: every request head timed out before it arrived, every pooled wait,
+    webhook attempt and writer batch failed at once, the webhook poll spun. 0.1 s is the floor
+    (the connection guard sweeps every 50 ms at best: less could not be kept anyway)."""
+    with pytest.raises(SystemExit) as stopped:
+        Settings.from_env({name: tiny})
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith(name) and repr(tiny) in message and "0.1" in message
+
+
+@pytest.mark.parametrize("name", FRACTIONAL_DURATIONS)
+def test_a_tenth_of_a_second_is_still_taken(name):
+    assert Settings.from_env({name: "0.1"}) is not None
