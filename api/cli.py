@@ -23,9 +23,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
         return serve_workers(settings, workers, host=args.host, port=args.port, access_log=args.access_log)
     from api.app import create_app
     from api.runtime import check_spool, log_to_stderr, open_database, warn_connection_budget
-    from api.server import ACCEPT_BURST, serve
+    from api.server import ACCEPT_BURST, check_connection_room, open_file_limit, serve
     from api.workers import exit_quietly_on_signals, listening_socket
 
+    check_connection_room(settings, open_file_limit())
     log_to_stderr(settings)
     # SIGTERM or SIGINT: an ordinary exit, status 0, from the first line on. uvicorn shuts down
     # gracefully, then re-raises the signal it caught; during start-up open_database stops the

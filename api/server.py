@@ -104,6 +104,26 @@ def connection_limit(configured: int, pool_size: int, nofile: int | None) -> int
     return max(1, min(configured, nofile - RESERVED_FDS - ACCEPT_BURST - LINGERING - 2 * pool_size))
 
 
+# The fewest HTTP connections a start takes (or TOKENTILL_MAX_CONNECTIONS, set lower): a pool as
+# large as the open-file limit left one connection per process, with a warning only.
+LEAST_CONNECTIONS = 64
+
+
+def check_connection_room(settings: Settings, nofile: int | None) -> None:
+    """Stop the start when the open-file limit `nofile` leaves fewer HTTP connections than
+    LEAST_CONNECTIONS (or the configured ones, when fewer) beside the database pool and the reserve."""
+    least = min(settings.max_connections, LEAST_CONNECTIONS)
+    if nofile is None or (room := nofile - RESERVED_FDS - ACCEPT_BURST - LINGERING - 2 * settings.pool_size) >= least:
+        return
+    kept = RESERVED_FDS + ACCEPT_BURST + LINGERING
+    largest = (nofile - kept - least) // 2
+    fix = f"lower TOKENTILL_POOL_SIZE (to at most {largest:,}) or raise" if largest >= 1 else "raise"
+    raise SystemExit(f"TOKENTILL_POOL_SIZE {settings.pool_size:,} leaves {max(room, 0):,} HTTP connections per "
+                     f"process, at least {least} needed, under the open-file limit of {nofile:,} ({kept} kept for "
+                     f"the server, 2 x {settings.pool_size:,} for the pool and its overflow): {fix} the open-file "
+                     "limit (ulimit -n)")
+
+
 def _raw_response(status: int, reason: str, code: str, detail: str, extra: bytes = b"") -> bytes:
     body = msgspec.json.encode({"type": f"https://tokentill.dev/problems/{code}", "title": reason,
                                 "status": status, "code": code, "detail": detail})

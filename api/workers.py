@@ -101,8 +101,9 @@ def serve_workers(settings: Settings, workers: int, *, host: str, port: int, acc
     """Run `workers` server processes on host:port until SIGTERM or SIGINT; 0, or 1 when a worker
     kept dying."""
     from api.runtime import check_spool, log_to_stderr, open_database, warn_connection_budget
-    from api.server import ACCEPT_BURST
+    from api.server import ACCEPT_BURST, check_connection_room, open_file_limit
 
+    check_connection_room(settings, open_file_limit())  # each worker's: they inherit the limit
     log_to_stderr(settings)
     exit_quietly_on_signals()  # until the supervisor runs: a signal during start-up ends it (see open_database)
     # The port first, as one process does: one line and exit 1 when another process holds it,

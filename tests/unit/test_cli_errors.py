@@ -238,3 +238,22 @@ def test_spool_flush_with_a_key_no_header_can_carry_is_a_usage_error(given, name
     err = capsys.readouterr().err
     assert err.startswith(f"error: {named} has a space, a line break"), err
     assert "cl\u00e9" not in err and "d\u00e9v" not in err and len(spool.records()) == 1
+
+
+def test_a_pool_the_open_file_limit_leaves_no_room_beside_stops_serve_before_the_database(monkeypatch):
+    """TOKENTILL_POOL_SIZE as large as the open-file limit (2 x pool: pool and overflow) left
+    `serve` one HTTP connection per process, with a warning only: a crawling server. Now the start
+    stops naming the variable, before the database (unreachable here: exit 3 had it been tried)."""
+    import resource
+
+    nofile, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if nofile == resource.RLIM_INFINITY:
+        pytest.skip("no open-file limit")
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere")
+    monkeypatch.setenv("TOKENTILL_POOL_SIZE", str(nofile))
+    for command in (["serve", "--port", "0"], ["serve", "--port", "0", "--workers", "2"]):
+        with pytest.raises(SystemExit) as stopped:
+            main(command)
+        message = stopped.value.code
+        assert isinstance(message, str), message
+        assert message.startswith(f"TOKENTILL_POOL_SIZE {nofile:,} leaves 0 HTTP "), message

@@ -286,3 +286,22 @@ def test_timeouts_must_be_positive_seconds(name):
     for bad in ("0", "-1", "soon", "nan"):
         with pytest.raises(SystemExit, match=f"TOKENTILL_{name}_SECONDS"):
             Settings.from_env({f"TOKENTILL_{name}_SECONDS": bad})
+
+
+def test_a_start_with_room_for_fewer_than_64_connections_beside_the_pool_is_refused():
+    """1,024 files less the 224 kept less 2 x 368 (pool and overflow) leave 64 connections, the
+    least a start takes; a pool of 369 leaves 62, and the start stops, saying the largest pool
+    that fits (368) and the limit. A TOKENTILL_MAX_CONNECTIONS set under 64 is kept as asked."""
+    from api.server import check_connection_room
+
+    check_connection_room(Settings(pool_size=368), nofile=1024)
+    check_connection_room(Settings(pool_size=10 ** 9), nofile=None)  # no open-file limit: no bound from it
+    check_connection_room(Settings(pool_size=395, max_connections=10), nofile=1024)  # 1024 - 224 - 790 = 10
+    with pytest.raises(SystemExit) as stopped:
+        check_connection_room(Settings(pool_size=369), nofile=1024)
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith("TOKENTILL_POOL_SIZE 369 leaves 62 HTTP connections")
+    assert "at most 368" in message and "1,024" in message
+    with pytest.raises(SystemExit) as stopped:
+        check_connection_room(Settings(pool_size=10), nofile=100)  # no pool fits: raise the limit
+    assert "ulimit -n" in stopped.value.code
