@@ -179,6 +179,9 @@ class Call:
     # `max_tool_calls: 0` (no built-in tool runs) and held for no tool: what the gateway sends when
     # the customer's book cannot price the tools the prompt may bring (api.gateway.proxy)
     untooled: Call | None = None
+    # the field that bounds its output and where the cap came from ("max_tokens", "1000 choices of
+    # max_tokens 10**12"): what a hold too large to carry is refused naming (api.gateway.proxy)
+    output_cap: tuple[str, str] = ("", "")
 
 
 def _count(value: Any, name: str) -> int | None:
@@ -360,10 +363,11 @@ def count_prompt(kind: str, body: Mapping[str, Any], model: str,
             prompt.audio, referred)
 
 
-def _output_cap(kind: str, body: dict[str, Any], default: int) -> tuple[int, bool]:
-    """(the most output the call may produce, whether the body was given the default cap)."""
+def _output_cap(kind: str, body: dict[str, Any], default: int) -> tuple[int, bool, tuple[str, str]]:
+    """(the most output the call may produce, whether the body was given the default cap, the
+    field that bounds it and the words that tell where it came from: Call.output_cap)."""
     if kind == EMBEDDINGS:
-        return 0, False
+        return 0, False, ("", "")
     names = {CHAT: ("max_completion_tokens", "max_tokens"), RESPONSES: ("max_output_tokens",),
              MESSAGES: ("max_tokens",)}[kind]
     given = [(c, n) for c, n in ((_count(body.get(n), n), n) for n in names) if c is not None]
@@ -371,11 +375,14 @@ def _output_cap(kind: str, body: dict[str, Any], default: int) -> tuple[int, boo
     added = not given and kind != MESSAGES  # Anthropic refuses a call without max_tokens itself
     if added:
         body[names[0]] = default
+    # the gateway's own cap is named as such (was: "max_completion_tokens 10**15", a cap the caller never sent)
+    told = f"{name} {cap}" if given else (f"the gateway's default output cap {cap} "
+                                          f"(TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS; the call sets no {name})")
     choices = (_count(body.get("n"), "n") or 1) if kind == CHAT else 1
+    told = f"{choices} choices of {told}" if choices != 1 else told
     if cap * choices > MAX_QUANTITY:  # the hold would refuse it naming its own max_output_tokens
-        raise CallError("n", f"holds {choices} choices of {name} {cap}: {cap * choices} output tokens, "
-                             f"past the {MAX_QUANTITY} a hold counts")
-    return cap * choices, added
+        raise CallError("n", f"holds {told}: {cap * choices} output tokens, past the {MAX_QUANTITY} a hold counts")
+    return cap * choices, added, (name, told)
 
 
 def _priced(kind: str, body: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -497,7 +504,7 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
     prior = kind == RESPONSES and (body.get("previous_response_id") is not None
                                    or body.get("conversation") is not None or body.get("prompt") is not None
                                    or _item_reference(body.get("input")))
-    cap, changed = _output_cap(kind, body, default_max_output)
+    cap, changed, output_cap = _output_cap(kind, body, default_max_output)
     if kind == CHAT:
         cap += _prediction_tokens(body, model, counter)
     uses, results, containers, reused, plain = (), 0, 0, (), False
@@ -535,7 +542,7 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
                 msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred,
                 prior, uses, containers, (*_priced(kind, body), *_search_tool(kind, body)), _cache_write(kind, body),
                 reused, _chosen_by_provider(kind, body), _served_tiers(kind, body), _audio_format(kind, body),
-                _hidden_output(kind, body, model))
+                _hidden_output(kind, body, model), output_cap=output_cap)
     if not plain:
         return call
     untooled = replace(call, prompt_tokens=prompt_tokens, tool_uses=(), container_units=0,

@@ -265,6 +265,19 @@ def _refusal_of(exc: Exception) -> Refusal:
     raise exc
 
 
+def _too_big_to_hold(call: Call, refused: Refusal) -> Refusal:
+    """A hold no journal entry can carry (wallets.core.rating.unpostable), named by the call's own
+    fields: its cap (the caller's, or the gateway's default), its n, its prompt, and the bound. Was:
+    422 naming `estimate`, a field of the reserve API the caller never sent. Any other refusal as it is."""
+    cause = refused.__cause__
+    field, told = call.output_cap
+    fields = cause.context.get("fields") if isinstance(cause, WalletValidationError) else None
+    if not (field and isinstance(fields, list) and len(fields) == 1 and fields[0]["field"] == "estimate"):
+        return refused
+    return Refusal(400, "validation_error", f"{field}: {told} and {call.prompt_tokens} prompt tokens: "
+                   f"{fields[0]['message']}", param=field)
+
+
 class Exchange:
     """One call through the gateway, from the caller's request to its settlement."""
 
@@ -442,7 +455,10 @@ class Exchange:
             premiums=premiums, premium_dimensions=premium_dimensions,
             dimensions={**self.dimensions, **dict(call.dimensions)},  # the prices it asks for (speed: fast)
             caller_dimensions=self.caller_dimensions)
-        result = await self._submit_reserve(command)
+        try:
+            result = await self._submit_reserve(command)
+        except Refusal as refused:
+            raise _too_big_to_hold(call, refused) from refused.__cause__
         self.timings["reserve"] = time.perf_counter() - started
         self.id_spent = self.callers_id
         return result

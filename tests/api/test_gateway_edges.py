@@ -1398,6 +1398,32 @@ def test_a_call_whose_hold_passes_the_customers_maximum_charge_is_refused_before
     _billed(url, cid, fits.headers["x-tokentill-request-id"], CHAT_CHARGE)
 
 
+def test_a_call_whose_hold_no_journal_entry_can_carry_is_refused_naming_the_calls_own_fields(live, upstream):
+    """1,000 choices of max_tokens 10**12: 10**15 output tokens, all a hold counts, at 20.00/M
+    is 20,000,000,000 USD, past the 9,223,372,036.854775807 USD (2**63 - 1 nano-dollars) one
+    journal entry carries. Was: 422 naming `estimate`, a field of the reserve API the caller never
+    sent ("estimate: a hold of ... USD is more than ..."), param null. Now 400 naming the call's
+    cap, its n and what the hold passed, nothing held or sent."""
+    url, _ = live
+    cid, key = customer(live)
+
+    async def never(send: Any, receive: Any) -> None:
+        raise AssertionError("sent upstream")
+
+    name = model(upstream, never)
+    refused = httpx.post(f"{url}/openai/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                         json={"model": name, "messages": HI, "max_tokens": 10**12, "n": 1000}, timeout=30)
+    assert refused.status_code == 400, refused.text
+    assert refused.headers["x-tokentill-charged"] == "0"
+    error = refused.json()["error"]
+    assert (error["code"], error["type"], error["param"]) == ("validation_error", "invalid_request_error", "max_tokens")
+    assert "estimate" not in refused.text
+    assert "1000 choices of max_tokens 1000000000000" in error["message"]
+    assert "more than one journal entry can carry (9223372036.854775807 USD)" in error["message"]
+    assert all(call["model"] != name for call in upstream.fake.calls)
+    assert wallet(url, cid) == (Decimal("10"), 0)
+
+
 def test_a_gateway_calls_hold_is_not_its_callers_to_settle_or_release(live, upstream):
     """The caller's inference key may settle and release its customer's reservations over HTTP,
     and a gateway call's reservation is one (its id is in the customer's journal). Settled with

@@ -104,8 +104,23 @@ def test_an_output_cap_too_large_to_hold_names_the_fields_the_call_gave(cap, fie
     with pytest.raises(CallError) as raised:
         call(CHAT, {"model": "gpt-4", "messages": HI, **cap})
     assert raised.value.field == field and message in raised.value.message
-    # 1,000 choices of 10**12: 10**15 exactly, held (a hold that large is then a 402, not a 422)
+    # 1,000 choices of 10**12: 10**15 exactly, held (a 402 for a wallet that cannot pay it; a 400 naming
+    # max_tokens where its price passes a journal entry: test_gateway_edges, ..._no_journal_entry_can_carry_...)
     assert call(CHAT, {"model": "gpt-4", "messages": HI, "max_tokens": 10**12, "n": 1000}).max_output_tokens == 10**15
+
+
+def test_n_choices_of_the_gateways_own_cap_past_a_hold_name_that_cap_not_a_field_the_call_gave():
+    """A call that sets no cap is held for the gateway's (TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS, at
+    most 10**15): with n 2 that is 2 * 10**15 output tokens. Was: "holds 2 choices of
+    max_completion_tokens 1000000000000000", a cap the caller never sent. Now the message names
+    the gateway's default, the setting, and the field that would bound it."""
+    with pytest.raises(CallError) as raised:
+        call(CHAT, {"model": "gpt-4", "messages": HI, "n": 2}, default=10**15)
+    message = raised.value.message
+    assert raised.value.field == "n"
+    assert ("holds 2 choices of the gateway's default output cap 1000000000000000 "
+            "(TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS; the call sets no max_completion_tokens)") in message
+    assert "2000000000000000 output tokens, past the 1000000000000000 a hold counts" in message
 
 
 @pytest.mark.parametrize(("kind", "body", "field"), [
