@@ -20,7 +20,13 @@ from api.client_errors import ReservationClosed, SettlementSpooled, TokentillErr
 from api.delivery import NOT_SENT, proxy_gave_up, seconds_until
 from api.stream_texts import choice_texts_of_event
 from pricing.errors import InvalidUsageError
-from pricing.normalize import normalize_anthropic, normalize_canonical, normalize_gemini, normalize_openai
+from pricing.normalize import (
+    TIER_FIELDS,
+    normalize_anthropic,
+    normalize_canonical,
+    normalize_gemini,
+    normalize_openai,
+)
 from pricing.tokens import TokenCounter
 
 log = logging.getLogger("tokentill.client")
@@ -178,7 +184,7 @@ class _Reservation:
             usage = {"gemini_usage": plain_usage(gemini_usage)}
         else:
             for name, value in canonical.items():  # refused here, not at the block's exit far from the call
-                if name == "service_tier" and (value is None or isinstance(value, str)):
+                if name in TIER_FIELDS and (value is None or isinstance(value, str)):
                     continue
                 if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                     raise TypeError(f"record({name}=...): a count is a whole number, not {value!r}; a provider's "

@@ -49,6 +49,8 @@ _COUNTED_FIELDS = (*CANONICAL_FIELDS, *EXTRA_FIELDS)
 _NO_COUNTS = {TYPE_OF_FIELD[name]: 0 for name in _COUNTED_FIELDS}
 assert len(_NO_COUNTS) == len(_COUNTED_FIELDS)  # one rating type per field: no field overwrites another
 MAX_SERVICE_TIER = 40
+# the canonical usage's strings beside its counts: the tier that served the call and where it ran
+TIER_FIELDS = ("service_tier", "inference_geo")
 NO_COUNT = ('gives no count: send what the call used, 0 where it used nothing '
             '({"input_tokens": 0, "output_tokens": 0})')
 MODALITIES = ("audio", "image", "video")
@@ -372,7 +374,7 @@ def normalize_canonical(usage: Mapping[str, Any]) -> NormalizedUsage:
 def _read_canonical(usage: Mapping[str, Any]) -> NormalizedUsage:
     r = _Reader(usage, "usage")
     for key in usage:
-        r.check(key in CANONICAL_FIELDS or key in EXTRA_FIELDS or key in ("service_tier", "inference_geo"), str(key),
+        r.check(key in CANONICAL_FIELDS or key in EXTRA_FIELDS or key in TIER_FIELDS, str(key),
                 "unknown usage field")
     counts = dict(_NO_COUNTS)  # a field not given counts 0: read only those given, in the same order
     for name in _COUNTED_FIELDS:

@@ -379,3 +379,28 @@ async def test_a_keyless_final_settle_kept_before_gemini_usage_was_checked_repla
     assert (refused.status_code, [f["field"] for f in refused.json()["fields"]]) == (422, ["gemini_usage"])
     assert (await client.get(f"/v1/reservations/{new}")).json()["status"] == "held"
     assert (await client.get(f"/v1/customers/{customer}/wallet")).json()["available"] == "9.00"
+
+
+async def test_the_sdk_records_where_the_call_ran_as_the_canonical_usage_the_server_prices_by_it(
+        client: AsyncTestClient, tag: str):
+    """The canonical `usage` takes `inference_geo` (where an Anthropic call ran) beside
+    `service_tier`, and a book's rules `match` it (README, Billing rules); `record()` let only
+    `service_tier` through and refused `inference_geo="us"` as a count that is not a whole number
+    (TypeError), so an SDK caller could not bill the price its provider charged for the region.
+    Book: model-a input $10 per 1M, $11 per 1M matching inference_geo us; 1,000 input tokens in
+    the US are 1,000 x 11 / 1M = $0.011."""
+    book = {"id": f"geo-{tag}", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
+            "rules": [{"id": "in", "model": "model-a", "token_type": "input", "price": "10.00"},
+                      {"id": "in-us", "model": "model-a", "token_type": "input", "price": "11.00",
+                       "match": {"inference_geo": "us"}}]}
+    assert (await client.post("/v1/price-books", json=book)).status_code == 201
+    cid = f"geo-{tag}"
+    made = await client.post("/v1/customers", json={"id": cid, "price_book": book["id"], "billing": "postpaid"})
+    assert made.status_code == 201, made.text
+    reservation = Reservation.__new__(Reservation)
+    reservation.record(input_tokens=1000, inference_geo="us")
+    assert reservation._usage == {"usage": {"input_tokens": 1000, "inference_geo": "us"}}
+    rid = await _held(client, cid, f"geo-{tag}")
+    settled = await client.post(f"/v1/reservations/{rid}/settle", json={**reservation._usage, "final": True})
+    assert settled.status_code == 200, settled.text
+    assert (settled.json()["charged"], [ln["rule_id"] for ln in settled.json()["lines"]]) == ("0.011", ["in-us"])
