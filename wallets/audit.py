@@ -49,6 +49,8 @@ _OPTIONAL_SQL = """SELECT
                AND attname = 'written' AND NOT attisdropped) AS true_up_payers_written,  -- 0085
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('true_up_charges')
                AND attname = 'adjustment_seq' AND NOT attisdropped) AS true_up_charges_seq,  -- 0090
+    EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('rerate_true_ups')
+               AND attname = 'payer_rows' AND NOT attisdropped) AS rerate_true_ups_payers,  -- 0091
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
                AND attname = 'empty' AND NOT attisdropped) AS lots_empty,  -- 0072
     EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('lots')
@@ -948,6 +950,34 @@ _ENTRY_PAYERS = """
      ORDER BY 1"""
 
 
+# What a re-rate that posted no entry (its lines netted 0) kept of its payer rows beside its true-ups'
+# corrections (rerate_true_ups.payer_rows, migration 0091: [charge, payer or null, units] each, as
+# written), tied to its rows of true_up_payers exactly, charge by charge and payer by payer (the rows
+# of none too): no entry's `beyond_payer_rows` ties them (_ENTRY_PAYERS), so a row given to another
+# payer of its charge, within what that payer paid and its charge's sum kept, is named here. Not of
+# one kept before 0091 (NULL). Second column: the payer ('' for none).
+_NO_ENTRY_PAYERS = """
+    WITH r AS MATERIALIZED (
+        SELECT lane, rerate_id, customer_id, period, payer_rows FROM rerate_true_ups WHERE payer_rows IS NOT NULL),
+    kept AS (
+        SELECT r.lane, r.rerate_id, r.customer_id, r.period, (e ->> 0)::bigint AS charge_id,
+               coalesce(e ->> 1, '') AS payer, sum((e ->> 2)::numeric) AS units
+          FROM r CROSS JOIN LATERAL jsonb_array_elements(r.payer_rows) e GROUP BY 1, 2, 3, 4, 5, 6),
+    written AS (
+        SELECT t.lane, t.rerate_id, t.customer_id, t.period, t.charge_id, coalesce(t.payer, '') AS payer,
+               sum(t.units) AS units
+          FROM r JOIN true_up_payers t ON t.lane = r.lane AND t.rerate_id = r.rerate_id
+           AND t.customer_id = r.customer_id AND t.period = r.period
+         GROUP BY 1, 2, 3, 4, 5, 6)
+    SELECT format('true-up record of re-rate %s of customer %s, %s: its payers'' rows give %s %s of charge %s, '
+                  'it posted no entry and kept %s', rerate_id, customer_id, period,
+                  coalesce(nullif(payer, ''), 'none of its payers'), coalesce(w.units, 0), charge_id,
+                  coalesce(k.units, 0)), payer
+      FROM kept k FULL JOIN written w USING (lane, rerate_id, customer_id, period, charge_id, payer)
+     WHERE coalesce(k.units, 0) <> coalesce(w.units, 0)
+     ORDER BY 1"""
+
+
 async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
     """Re-rates: each adjustment entry moved usage revenue by exactly what its charges' adjustments
     changed; each credit note is intact, numbered without gaps, its lines sum to its total, which
@@ -1131,6 +1161,10 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         # a true-up's rows tied to what its entry posted each payer beyond them, as it recorded
         problems += [problem for problem, payer in (await conn.execute(text(_ENTRY_PAYERS)))
                      if problem.split(": ", 1)[0] not in named and (problem.split(": ", 1)[0], payer) not in bounded]
+        if (await _schema(conn))["rerate_true_ups_payers"]:  # a no-entry re-rate's rows tied to what it kept
+            problems += [problem for problem, payer in (await conn.execute(text(_NO_ENTRY_PAYERS)))
+                         if problem.split(": ", 1)[0] not in named
+                         and (problem.split(": ", 1)[0], payer) not in bounded]
     return problems_check(
         "credit_notes", problems, "re-rate entries move revenue by their charges' adjustments and true-up "
         "corrections (a re-rate that posted none: they net 0 with the corrections it kept); what each true-up (a "
@@ -1139,8 +1173,9 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         "(its cost there rounded up to the atomic unit) up to what its line left, the charges in order; what each "
         "payer got of each charge: its true-up's rows of the charge, and in all between nothing and what it paid of "
         "it; of a true-up entry that recorded what it posted each account beyond its payers' rows, each account's "
-        "rows and that are what it posted it, and of a close's that did not, in all no more than its entry posted it "
-        "nor less than that less what it posted beyond every payer's rows; credit notes "
+        "rows and that are what it posted it, of a re-rate that posted none, its rows what it kept of them, and of a "
+        "close's that did not, in all no more than its entry posted it nor less than that less what it posted beyond "
+        "every payer's rows; credit notes "
         "tie out to them (their money in whole minor units, the rest on the rounding account), intact and numbered "
         "without gaps")
 

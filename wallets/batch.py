@@ -261,7 +261,8 @@ class Batch:
     def _true_ups_corrected(self, effect: TrueUpsCorrected, key: str | None) -> None:
         self.add("rerate_true_ups", {
             "rerate_id": effect.rerate_id, "customer_id": effect.customer_id, "period": effect.period,
-            "true_ups": [list(x) for x in effect.true_ups], "created_at": self.now})
+            "true_ups": [list(x) for x in effect.true_ups], "payer_rows": [list(x) for x in effect.payers],
+            "created_at": self.now})
 
     def _true_up_charges_given(self, effect: TrueUpChargesGiven, key: str | None) -> None:
         # one row of arrays, unnested by the statement: a record of each charge as a JSON object was

@@ -504,10 +504,11 @@ _WRITES: dict[str, str] = {
                       overrides_version int, allowance_moves jsonb, rerate_id text, customer_id text, period text,
                       old_amount numeric, new_amount numeric, old_lines jsonb, new_lines jsonb, old_rules jsonb,
                       new_rules jsonb, entry_id bigint, credit_note_id text, created_at timestamptz)""",
-    "rerate_true_ups": """INSERT INTO rerate_true_ups (lane, rerate_id, customer_id, period, true_ups, created_at)
-               SELECT {lane}, r.rerate_id, r.customer_id, r.period, r.true_ups, r.created_at
+    "rerate_true_ups": """INSERT INTO rerate_true_ups (lane, rerate_id, customer_id, period, true_ups, payer_rows,
+                                                   created_at)
+               SELECT {lane}, r.rerate_id, r.customer_id, r.period, r.true_ups, r.payer_rows, r.created_at
                  FROM jsonb_to_recordset({p}::jsonb) AS r(rerate_id text, customer_id text, period text,
-                      true_ups jsonb, created_at timestamptz)""",
+                      true_ups jsonb, payer_rows jsonb, created_at timestamptz)""",
     # numbered once per statement from the adjustments' sequence (migration 0090): verify reads the
     # re-rates a close counted as those whose adjustments' ids are below its record's, as the lane's
     # lock orders them; their dates (the servers' clocks) put one 3 ms ahead after the close

@@ -142,12 +142,15 @@ class AdjustmentPosted(msgspec.Struct, frozen=True, gc=False):
 class TrueUpsCorrected(msgspec.Struct, frozen=True, gc=False):
     """The corrections of a closed period's volume true-ups by a re-rate whose lines net 0, so
     posted no entry to keep them in its metadata (`true_ups`: [period, rule, model, old, new]
-    each): kept on their own (`rerate_true_ups`, migration 0064) for the apply's answer."""
+    each): kept on their own (`rerate_true_ups`, migration 0064) for the apply's answer. `payers`:
+    its payer rows as TrueUpChargesGiven writes them (none: ()), kept beside them (`payer_rows`,
+    migration 0091): no entry's `beyond_payer_rows` ties them, verify ties them to this."""
 
     customer_id: str
     rerate_id: str
     period: str
     true_ups: tuple[tuple[str, str, str, int, int], ...]
+    payers: tuple[tuple[int, str | None, int], ...] = ()
 
 
 class TrueUpChargesGiven(msgspec.Struct, frozen=True, gc=False):

@@ -769,7 +769,8 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     # its lines by the period of their usage (`original_period` on the invoice); what paid them once
     effects: list[Any] = [*([lot] if lot is not None else [])]
     if posted is None and fixes:  # lines netting 0: no entry's metadata keeps the true-ups' corrections
-        effects.append(TrueUpsCorrected(c.id, cmd.rerate_id, cmd.period, tuple(tuple(f.record()) for f in fixes)))
+        effects.append(TrueUpsCorrected(c.id, cmd.rerate_id, cmd.period, tuple(tuple(f.record()) for f in fixes),
+                                        payers))
     if parts:
         effects.append(TrueUpChargesGiven(c.id, cmd.period, cmd.rerate_id, given_rows(parts), payers))
     for i, (source, _, xs, fs) in enumerate(groups):
