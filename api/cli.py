@@ -255,7 +255,7 @@ def _keys(args: argparse.Namespace, settings: Settings) -> int:
             listed = _with_db(settings, lambda db: db.read(keys.list_keys))
             readable_stdout()
             for key in listed:
-                state = f"revoked {key.revoked_at.isoformat()}" if key.revoked_at else "active"
+                state = f"revoked {wire_time(key.revoked_at)}" if key.revoked_at else "active"
                 print(f"{key.id}  {key.scope:<20} {','.join(key.customers) or '-':<20} {state}  {printable(key.name)}")
         else:
             keys.check_id(args.id)  # before any connection

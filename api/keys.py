@@ -73,6 +73,7 @@ def validate(scope: str, customers: list[str], name: str = "") -> None:
 async def create(conn: AsyncConnection, scope: str, customers: list[str], name: str) -> tuple[ApiKey, str]:
     """A new key and its secret; the secret is not stored and cannot be shown again."""
     validate(scope, customers, name)
+    customers = list(dict.fromkeys(customers))  # a set: one given twice is kept once, where first given
     key_id = f"key_{secrets.token_hex(8)}"
     secret = PREFIX + secrets.token_urlsafe(32)
     row = (await conn.execute(text(

@@ -157,3 +157,14 @@ async def test_a_key_creation_replayed_by_its_idempotency_key_answers_the_first_
     # call is not made again; its secret is sealed to the first caller, so it is refused, not shown
     assert stolen.status_code == 409 and stolen.json()["code"] == "idempotency_conflict", stolen.text
     assert secret[3:] not in stolen.text
+
+
+async def test_a_customer_listed_twice_is_kept_once_in_first_seen_order(client):
+    """`customers: ["acme", "beta", "acme"]` was stored and answered as given, the key listed
+    with acme twice; a key's customers are a set: now each once, in the order first given, as
+    `keys create --customer` keeps them."""
+    made = await client.post("/v1/api-keys", headers=ADMIN, json={
+        "scope": "inference", "customers": ["acme", "beta", "acme", "beta"], "name": "twice"})
+    assert made.status_code == 201 and made.json()["customers"] == ["acme", "beta"], made.text
+    listed = [k for k in (await client.get("/v1/api-keys", headers=ADMIN)).json() if k["id"] == made.json()["id"]]
+    assert listed[0]["customers"] == ["acme", "beta"]

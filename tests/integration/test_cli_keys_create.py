@@ -32,3 +32,29 @@ def test_keys_create_writes_created_at_as_the_api_does_in_utc_with_z(database_ur
     assert main(["keys", "create", "--scope", "inference", "--name", "created-at z"]) == 0
     created_at = json.loads(capsys.readouterr().out)["created_at"]
     assert created_at.endswith("Z") and "+" not in created_at, created_at
+
+
+def test_keys_create_keeps_a_customer_given_twice_once_as_the_api_does(database_url, monkeypatch, capsys):
+    """`keys create --customer a --customer a` stored ["a", "a"] and `keys list` showed `a,a`."""
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", database_url)
+    assert main(["keys", "create", "--scope", "inference", "--customer", "dup-a", "--customer", "dup-b",
+                 "--customer", "dup-a", "--name", "customer twice"]) == 0
+    made = json.loads(capsys.readouterr().out)
+    assert made["customers"] == ["dup-a", "dup-b"]
+    assert main(["keys", "list"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(made["id"]))
+    assert line.split()[2] == "dup-a,dup-b", line
+
+
+def test_keys_list_writes_revoked_at_as_the_api_does_in_utc_with_z(database_url, monkeypatch, capsys):
+    """`keys list` printed a revoked key's time with isoformat(), 'revoked 2026-...+00:00', where
+    `keys create`, DELETE /v1/api-keys/{id} and every answer write UTC with Z."""
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", database_url)
+    assert main(["keys", "create", "--scope", "auditor", "--name", "revoked z"]) == 0
+    key_id = json.loads(capsys.readouterr().out)["id"]
+    assert main(["keys", "revoke", key_id]) == 0
+    capsys.readouterr()
+    assert main(["keys", "list"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(key_id))
+    revoked = line.split()[4]
+    assert line.split()[3] == "revoked" and revoked.endswith("Z") and "+" not in revoked, line

@@ -162,7 +162,7 @@ def test_keys_list_writes_a_key_s_name_on_its_own_line_with_its_control_characte
     assert lines[0].startswith("key_1111111111111111  inference ")
     assert lines[0].endswith("active  ops\\nkey_0000000000000000  admin  active")
     assert lines[1].startswith("key_2222222222222222  auditor ")
-    assert lines[1].endswith("revoked 2026-12-06T00:00:00+00:00  \\x1b[8mclé")
+    assert lines[1].endswith("revoked 2026-12-06T00:00:00Z  \\x1b[8mclé")
 
 
 @pytest.mark.parametrize("name, said", [
