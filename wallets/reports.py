@@ -250,7 +250,7 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
                 after: list[str | None] | None = None) -> dict[str, Any]:
     """Quantities and amounts of the customer's rated lines, grouped by `group_by` and always by
     token type (`unit_groups`); any other group name is a usage dimension (feature, api_key, …),
-    save the row's own fields (`ROW_FIELDS`), refused.
+    save the row's own fields (`ROW_FIELDS`), refused, as is a group named twice.
     Amounts sum to the revenue the entries posted, re-rates' adjustments included.
     Whole UTC days come from the daily rollups where the groups allow it, with the charges not
     folded into them yet, the rest (partial days at the edges, usage dimensions) from the
@@ -258,9 +258,11 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
     IANA name), from the charges when it is not UTC. With `limit`, at most that many rows, those
     whose group keys come after `after` (the last row's of the page before), and `next`, the
     last row's keys when more may follow."""
-    for name in group_by:
+    for n, name in enumerate(group_by):
         if name in ROW_FIELDS:
             raise WalletValidationError("group_by", f"cannot group by {name!r}: a row's own field has that name")
+        if name in group_by[:n]:  # a second column of the same key (the CSV's header named it twice)
+            raise WalletValidationError("group_by", f"names {name!r} twice")
     group_by = unit_groups(group_by)
     local = time_zone != "UTC" and not LOCAL.keys().isdisjoint(group_by)
     exprs, rolled, params = [], [], {"c": customer_id, "tz": time_zone}

@@ -38,3 +38,17 @@ async def test_other_dimensions_still_group_with_their_own_values(client, custom
     assert report.status_code == 200, report.text
     assert report.json()["rows"] == [
         {"feature": "chat", "token_type": "input", "quantity": 1000, "amount": "0.01", "charges": 1}]
+
+
+@pytest.mark.parametrize("group_by", ["model,model", "token_type,model,token_type", "feature, feature"])
+async def test_a_group_named_twice_is_refused_naming_it(client, customer, group_by):
+    # before, `model,model` answered group_by ["model", "model", "token_type"] and a CSV whose
+    # header named `model` twice, each row's model written twice (pandas reads a `model.1`)
+    name = group_by.split(",")[-1].strip()
+    for accept in ("application/json", "text/csv"):
+        report = await client.get(f"/v1/customers/{customer}/usage", params={"group_by": group_by},
+                                  headers={"Accept": accept})
+        assert report.status_code == 422, report.text
+        assert report.json()["code"] == "validation_error"
+        assert [f["field"] for f in report.json()["fields"]] == ["group_by"]
+        assert repr(name) in report.json()["fields"][0]["message"]
