@@ -137,6 +137,35 @@ def test_tool_results_too_many_to_hold_name_the_field_the_call_gave(kind, body, 
     assert raised.value.field == field and "10000000000000000 input tokens of tool results" in raised.value.message
 
 
+def test_each_server_tool_is_counted_in_the_hold_at_the_gateways_start_bound():
+    """The start takes TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES x ..._RESULT_TOKENS up to 10**15 less
+    the context held for a conversation (400,000): 99,999,999,960 uses of 10,000 tokens,
+    999,999,999,600,000. One web search at those defaults is held; two tools (two web searches,
+    or a search and a fetch, each sent with them) hold twice that, 1,999,999,999,200,000 tokens of
+    results, and are refused naming `tools` before any hold, never held short. The fees count each
+    tool too: searches of max_uses 3 and 4 hold 7 fees and 7 x 10,000 tokens of results."""
+    uses, tokens = (10**15 - 400_000) // 10_000, 10_000
+    search, fetch = {"type": "web_search_20250305", "name": "web_search"}, {"type": "web_fetch_20250910",
+                                                                            "name": "web_fetch"}
+
+    def messages(*tools: dict):
+        return parse_call(MESSAGES, msgspec.json.encode({"model": "claude-sonnet-4", "max_tokens": 10,
+                                                         "messages": HI, "tools": list(tools)}),
+                          default_max_output=10, counter=COUNTER, server_tool_max_uses=uses,
+                          server_tool_result_tokens=tokens)
+
+    one = messages(search)
+    assert one.tool_uses == (("web_search", 99_999_999_960),) and one.prompt_tokens >= 999_999_999_600_000
+    for second in ({**search, "name": "web_search_2"}, fetch):
+        with pytest.raises(CallError) as raised:
+            messages(search, second)
+        assert raised.value.field == "tools"
+        assert "holds 1999999999200000 input tokens of tool results" in raised.value.message
+    both = messages({**search, "max_uses": 3}, {**search, "name": "web_search_2", "max_uses": 4})
+    assert both.tool_uses == (("web_search", 7),)
+    assert both.prompt_tokens - messages().prompt_tokens >= 7 * tokens
+
+
 @pytest.mark.parametrize("escape", [b"\\ud800", b"\\ud800\\u0041", b"\\udc00"])
 def test_an_unpaired_surrogate_in_a_call_is_named_not_a_truncated_input(escape):
     """msgspec's "Input data was truncated" (a whole body) was the gateway's answer, "not JSON: ..."."""
