@@ -294,6 +294,7 @@ class Exchange:
         # the caller's own request id names this call's reservation now (held, settled or released:
         # kept forever), so the same call sent again meets only 409 idempotency_conflict
         self.id_spent = False
+        self.nonce = uuid.uuid4().hex  # in its reserve's request hash (_reserve)
         self.dimensions: dict[str, Any] = {}
         self.caller_dimensions: tuple[str, ...] = ()  # what a customer's key named in x-tokentill-dimensions
         self.betas: tuple[str, ...] = ()  # the provider's betas the call carries (allowed: allowed_betas)
@@ -445,7 +446,11 @@ class Exchange:
         command = Reserve(
             customer_id=customer, request_id=self.request_id, model=call.model,
             ttl_seconds=self.gw.settings.hold_seconds,
+            # this exchange's own nonce: a replay is then only of its own reserve (one whose answer
+            # was lost, asked again), never of another call sent at once under the same request id
+            # with the same body, which took that reservation for its own and went upstream too
             request_hash=request_hash({"gateway": f"{self.provider}.{self.kind}", "model": call.model, **estimate,
+                                       "exchange": self.nonce,
                                        # the prices it names (service_tier: flex), which the hold and free check read
                                        **({"dimensions": dict(call.dimensions)} if call.dimensions else {})}),
             prompt_tokens=call.prompt_tokens, max_output_tokens=call.max_output_tokens, estimate=estimate,
@@ -479,6 +484,9 @@ class Exchange:
                 result = await self.gw.wallets.submit(command)
             except Exception as exc:
                 refusal = _refusal_of(exc)  # raises what is neither the ledger's refusal nor its absence
+                if refusal.code == "idempotency_conflict":  # another call's reserve (the hash has its nonce)
+                    raise Refusal(409, "idempotency_conflict", f"request id {self.request_id} was used already") \
+                        from exc
                 if refusal.code != "service_unavailable":
                     raise refusal from exc
                 unanswered = True

@@ -308,7 +308,9 @@ def test_a_request_id_refused_at_one_tier_is_a_conflict_when_sent_again_naming_a
     and R sent again naming flex, another call, replayed that 402 (was: 402, the default call's
     refused hold).
     Now R naming flex is 409 idempotency_conflict, as any request id sent again with another body;
-    R naming default again still replays its 402. Nothing sent."""
+    and so is R naming default again (was: its kept 402 replayed): each gateway call's reserve
+    carries a nonce of its own (test_gateway_retries, ..._sent_twice_at_once_...), so a request id
+    is one call's, whatever its answer was. Nothing sent."""
     url, _ = live
     _, key = customer((url, _tier_book(url, ("flex",), ("default",))), amount=None)  # never topped up
     client = oai(url, key, default_headers={"x-tokentill-request-id": f"tier-{uuid.uuid4().hex[:8]}"})
@@ -317,7 +319,11 @@ def test_a_request_id_refused_at_one_tier_is_a_conflict_when_sent_again_naming_a
     with pytest.raises(openai.APIStatusError) as raised:
         client.chat.completions.create(model="gpt-test", messages=HI, service_tier="flex")
     assert (raised.value.status_code, raised.value.body["code"]) == (409, "idempotency_conflict"), raised.value.body
-    _insufficient(lambda: client.chat.completions.create(model="gpt-test", messages=HI, service_tier="default"))
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(model="gpt-test", messages=HI, service_tier="default")
+    assert (raised.value.status_code, raised.value.body["code"]) == (409, "idempotency_conflict"), raised.value.body
+    rid = client.default_headers["x-tokentill-request-id"]
+    assert raised.value.body["message"] == f"request id {rid} was used already"
     assert len(fake.fake.calls) == before
 
 

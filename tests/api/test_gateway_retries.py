@@ -4,13 +4,16 @@ long it waits says so; one that waiting may lift (a rolling budget's Retry-After
 upstream unavailable) does not."""
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import psycopg
 import pytest
@@ -26,7 +29,7 @@ from tests.api.test_gateway import (  # noqa: F401 (fixtures)
     serving,
     wallet,
 )
-from tests.api.test_gateway_edges import body, model, upstream  # noqa: F401 (upstream: a fixture)
+from tests.api.test_gateway_edges import WHOLE, body, model, start, upstream  # noqa: F401 (upstream: a fixture)
 from wallets.commands import Reserve
 from wallets.engine import Engine
 
@@ -321,3 +324,53 @@ def test_the_fakes_anthropic_errors_to_a_stream_say_x_should_retry_true_too(live
     assert response.headers.get_list("x-should-retry") == ["true"] and response.headers["x-tokentill-charged"] == "0"
     assert len(sent) == 3 and len(fake.fake.calls) == calls + 3
     assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+def test_a_request_id_sent_twice_at_once_whose_second_reserve_went_unanswered_is_409_not_a_second_call(
+        scripted, upstream, monkeypatch):  # noqa: F811
+    """Call A under the caller's own request id holds and is upstream; call B, the same id and
+    body, sent meanwhile, has its first reserve batch lost before anything was written (the
+    connection dropped), so the gateway asks again, and the engine answers with A's hold as its
+    replay (held, the same request hash). Was: B took A's hold for its own (the path meant for its
+    own reserve whose answer was lost), went upstream too (2 upstream calls) and its answer was
+    released to its caller, while the one reservation was charged once: a call answered and paid
+    for by nobody. Now a gateway reserve's hash carries its exchange's own nonce: only its own
+    reserve is replayed to it, and B is 409 idempotency_conflict, x-should-retry false, never sent.
+    By hand: one upstream call, one charge of CHAT_CHARGE ($0.0100), the wallet $9.99."""
+    url, _ = scripted
+    cid, key = customer(scripted)
+    rid = f"gw-twice-{uuid.uuid4().hex[:8]}"
+    arrived, release = threading.Event(), threading.Event()
+
+    async def slow(send: Any, receive: Any) -> None:
+        arrived.set()
+        await asyncio.to_thread(release.wait, 60)
+        await start(send, b"application/json", len(WHOLE))
+        await body(send, WHOLE, more=False)
+
+    name = model(upstream, slow)
+    tries = _reserve_faults(monkeypatch, rid, ["ok", "down"])
+    answers: dict[str, httpx.Response] = {}
+
+    def send(which: str) -> None:
+        answers[which] = httpx.post(f"{url}/openai/v1/chat/completions", timeout=60, json={
+            "model": name, "messages": HI, "max_tokens": 50}, headers={
+            "Authorization": f"Bearer {key}", "x-tokentill-request-id": rid})
+
+    first = threading.Thread(target=send, args=("A",))
+    first.start()
+    assert arrived.wait(30)
+    second = threading.Thread(target=send, args=("B",))
+    second.start()
+    second.join(10)
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert tries == ["ok", "down", "ok"]
+    assert answers["A"].status_code == 200, answers["A"].text
+    refused = answers["B"]
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "idempotency_conflict", refused.text
+    assert refused.headers["x-should-retry"] == "false" and refused.headers["x-tokentill-charged"] == "0"
+    assert sum(call["model"] == name for call in upstream.fake.calls) == 1
+    assert charged(url, rid) == CHAT_CHARGE == Decimal("0.0100")
+    assert wallet(url, cid) == (Decimal("9.99"), 0)
