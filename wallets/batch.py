@@ -48,7 +48,7 @@ from wallets.core.decision import (
 from wallets.core.idempotency import Replayed
 from wallets.core.rating import billing_period
 from wallets.core.state import InvoiceDue, RulePaid, Unapplied
-from wallets.errors import BODY_REFUSALS, ConflictError
+from wallets.errors import BODY_REFUSALS, NOT_KEPT, ConflictError
 from wallets.model import BudgetHold, Hold, Lot, Reservation
 
 __all__ = ["Batch", "billing_period"]
@@ -135,11 +135,11 @@ class Batch:
         return self.books.get(command.customer_id)
 
     def keep_answers(self, commands: Sequence[Command], outcomes: Sequence[Any]) -> None:
-        """Keep each Idempotency-Key's answer, refusals included, with the batch's effects (once
-        posted: answers carry entry ids)."""
+        """Keep each Idempotency-Key's answer, refusals included but those of the request as sent
+        (NOT_KEPT), with the batch's effects (once posted: answers carry entry ids)."""
         for command, outcome in zip(commands, outcomes, strict=True):
             idem = command.idem
-            if idem is not None and not isinstance(outcome, Replayed | ConflictError) \
+            if idem is not None and not isinstance(outcome, (Replayed, ConflictError, *NOT_KEPT)) \
                     and (idem.scope, idem.key) not in self.loaded.idempotency:  # kept once: its first answer
                 self.add("idempotency", answers.row(idem.scope, idem.key, idem.request_hash,
                                                     *answers.answer(outcome)))

@@ -204,3 +204,9 @@ class VersionNotInForceError(WalletError):
 # (or reference, capture id) holds another body, such a body is refused as what it is, not told it
 # conflicts (409); only a body that could be carried out is (validation first: 3a57a92, d64bd09).
 BODY_REFUSALS = (WalletValidationError, SubMinorAmountError, CurrencyMismatchError, PriceBookValidationError)
+# Refusals an Idempotency-Key never keeps (README, Idempotency): those of the request as sent, 422
+# naming what is wrong in it, whoever decided it (the body's own rules, the operator's address policy,
+# the books a key limited to customers may read). Nothing was done; the client is told to change the
+# request, and may send the corrected one under the same key (the same one is decided again). Every
+# other refusal (insufficient_funds, budget_exceeded, ...) is kept and replays as first answered.
+NOT_KEPT = BODY_REFUSALS

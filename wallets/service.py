@@ -27,7 +27,14 @@ from wallets.core.idempotency import CREATED, EXISTS, OK, IdemKey, Replayed
 from wallets.core.refunds import refundable
 from wallets.customer_changes import CustomerChange, change_customer, changes_of
 from wallets.engine import ACCOUNTS_LOCK, Engine, customer_lock, lane_lock, utc_now
-from wallets.errors import BODY_REFUSALS, ConflictError, CustomerExistsError, NotFoundError, WalletValidationError
+from wallets.errors import (
+    BODY_REFUSALS,
+    NOT_KEPT,
+    ConflictError,
+    CustomerExistsError,
+    NotFoundError,
+    WalletValidationError,
+)
 from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS, Cycle, close_due_at, new_zone, period_of
 from wallets.price_overrides import AddedOverrides, add_version
 
@@ -95,7 +102,8 @@ async def run_once(db: Database, idem: IdemKey | None, work: Callable[[AsyncConn
                    committed: bool = False, rules: Callable[[], None] | None = None) -> T | Replayed:
     """Run `work` in one transaction; with an idempotency key, keep its answer (its outcome code,
     `code_of` the result or the result's own, and body; refusals included) in the same
-    transaction, and replay the kept answer instead of running again. `committed`: in a READ
+    transaction, and replay the kept answer instead of running again; a refusal of the request as
+    sent (NOT_KEPT) is raised, nothing kept. `committed`: in a READ
     COMMITTED transaction (Database.committed: bookkeeping beside the ledger), `locks` taken
     inside it. `rules`: the body's own checks, run once the key is read and before `work`, their
     refusal not kept: the answer kept for this very body is replayed without them (a body kept
@@ -121,7 +129,7 @@ async def run_once(db: Database, idem: IdemKey | None, work: Callable[[AsyncConn
         try:
             outcome: Any = await work(conn)
         except (LedgerError, PricingError) as exc:
-            if idem is None or isinstance(exc, ConflictError):
+            if idem is None or isinstance(exc, (ConflictError, *NOT_KEPT)):
                 raise
             refused.append(exc)
             outcome = exc
