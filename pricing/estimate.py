@@ -18,7 +18,7 @@ from typing import Any
 from pricing.books import REPORTED_DIMENSIONS, DimValue, PriceBook, PriceVersion, Rule, model_rank, per_units
 from pricing.errors import InvalidUsageError, UnpricedModelError, field_error
 from pricing.fast_rating import CACHE_LIMIT, charges_requests, dims_key
-from pricing.money import DEFAULT_SCALE, per_amount, pricing_context
+from pricing.money import DEFAULT_SCALE, discount_unit, per_amount, pricing_context
 from pricing.overrides import Overrides
 from pricing.premium import PREMIUMS, check_premiums
 from pricing.rating import Line, Rating, build_rating
@@ -313,7 +313,7 @@ def _whole_discounts(usage: list[Line], overrides: Overrides) -> list[Line]:
         for discount in overrides.discounts:
             if discount.token_type is None and discount.covers(ln.model or "", ln.token_type or ""):
                 with pricing_context():
-                    unit, amount = -ln.unit_price * discount.percent / 100, -ln.amount * discount.percent / 100
+                    unit, amount = discount_unit(ln.unit_price, discount.percent), -ln.amount * discount.percent / 100
                 out.append(Line("discount", ln.token_type, ln.quantity, unit, amount, 0, ln.rule_id,
                                 ln.price_version, ln.model, discount.id, ln.tier, ln.note))
     return out

@@ -98,6 +98,16 @@ def pricing_context() -> AbstractContextManager[Context]:
     return localcontext(_CONTEXT)
 
 
+def discount_unit(price: Decimal, percent: Decimal) -> Decimal:
+    """A discount's unit price off `price`: -price x percent / 100, the percent in its normal form
+    (a percent stored as "10.0" or "1E+1" is 10, "12.50" is 12.5), so one percent writes one unit
+    price wherever it is derived (a charge's discount line, a held call's, a close's true-up line of
+    the discount): -0.10 of 1.00 at 10 %, never -0.100. The caller holds the pricing context."""
+    normal = percent.normalize()
+    whole = isinstance(normal.as_tuple().exponent, int) and normal.as_tuple().exponent > 0  # 1E+1: 10
+    return -price * (normal.quantize(Decimal(1)) if whole else normal) / 100
+
+
 def shown_decimals(currency: str) -> int:
     """The decimals an amount in `currency` always shows: its minor unit (JPY 0, USD 2, KWD 3),
     `SHOWN_DECIMALS` for an asset the table does not list."""

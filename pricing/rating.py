@@ -36,7 +36,7 @@ from pricing.books import (
 from pricing.errors import InvalidUsageError, UnpricedModelError
 from pricing.fast_rating import rate_call_fast
 from pricing.lines import TOKEN_ORDER, Line, Rating, call_tokens, line_note, prompt_size
-from pricing.money import DEFAULT_SCALE, per_amount, pricing_context, round_entry, to_decimal
+from pricing.money import DEFAULT_SCALE, discount_unit, per_amount, pricing_context, round_entry, to_decimal
 from pricing.overrides import ContractPrice, Overrides
 from pricing.usage import PeriodToDate, Usage
 
@@ -137,7 +137,7 @@ def _discount_lines(usage_lines: list[Line], overrides: Overrides, priced_as: Ma
             if not discount.covers(line.model or "", line.token_type or "", priced_as.get(line.rule_id or "")):
                 continue
             with pricing_context():
-                unit = -line.unit_price * discount.percent / 100
+                unit = discount_unit(line.unit_price, discount.percent)
                 amount = -line.amount * discount.percent / 100
             lines.append(Line("discount", line.token_type, line.quantity, unit, amount, 0, line.rule_id,
                               line.price_version, line.model, discount.id, line.tier, line.note))

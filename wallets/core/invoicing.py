@@ -19,7 +19,7 @@ import msgspec
 
 from ledger.model import JournalEntry
 from pricing.books import PriceBook, PriceVersion, Rule, per_units
-from pricing.money import format_money, per_amount, pricing_context, round_entry
+from pricing.money import discount_unit, format_money, per_amount, pricing_context, round_entry
 from pricing.overrides import FreeAllowance
 from pricing.rating import volume_tier_price, volume_true_up
 from wallets import chart
@@ -349,10 +349,9 @@ def true_up_lines(rules: list[tuple[Rule, str, int, int]], discounts: Mapping[st
 
 def _discount_unit(price: Decimal, share: Decimal) -> Decimal:
     """A discount's unit price of `share` (its percent / 100) off `price`, written as a charge's
-    discount line writes it (pricing.rating: -price x percent / 100): -100 of 1000 at 10 %, not
-    -100.0 (price x 0.1). The caller holds the pricing context."""
-    percent = (share * 100).normalize()
-    return -price * (percent.quantize(Decimal(1)) if percent.as_tuple().exponent > 0 else percent) / 100
+    discount line writes it (pricing.money.discount_unit): -100 of 1000 at 10 %, not -100.0 (price
+    x 0.1). The caller holds the pricing context."""
+    return discount_unit(price, share * 100)
 
 
 def allowance_lines(rollup: Rollup, period: str, true_ups: list[dict[str, Any]],
