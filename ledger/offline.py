@@ -150,8 +150,11 @@ _SHAPES = {
 _OPTIONAL = {"seal": {"hash_version", "sealed_at"}, "entry": {"recorded_at"}}
 
 
-# The fields an export header carries (none needed: `whole` is checked on its own).
+# The fields an export header carries (none needed: `whole` is checked on its own; an export written
+# before versions may lack `format` and `version`, one given must be these).
 _HEADER = {"format", "version", "exported_at", "whole", "from", "to"}
+FORMAT = "tokentill-journal"
+VERSIONS = (1, 2)  # 1: before hash versions (no hash_version, no recorded_at)
 
 
 def _unwritten(kind: str, rec: dict) -> str | None:
@@ -177,6 +180,7 @@ class OfflineReport:
     chain: dict[str, int] = field(default_factory=dict)  # each seal's chain hash -> its id, in file order
     whole: bool = True
     gaps: int = 0  # in a window export: places where seals were left out (the chain is not checked there)
+    from_genesis: bool = False  # the first seal is the chain's first: none precedes it
     problems: list[str] = field(default_factory=list)
     problem_count: int = 0
 
@@ -204,6 +208,7 @@ class _Seal:
     late: bool = False  # an entry recorded after sealed_at was named
     before: str | None = None  # the sealed_at of the seal before it
     before_of: tuple[object, int] | None = None  # that seal's id and hash version
+    in_window: bool = False  # an entry of it occurred in the header's window
     last: tuple[str, int] | None = None  # its entries' latest recorded_at, and that entry
 
 
@@ -256,6 +261,8 @@ class _Verifier:
         # as the export writes a time; None without one (a file written before it, or edited)
         self.ahead: str | None = None
         self.exported_at: str | None = None
+        # the header's window: [from, to) as written and as instants (None: unbounded), or None for none
+        self.window: tuple[str, str, datetime | None, datetime | None] | None = None
         # and past this machine's clock: the file was written before it is verified, and no edit of
         # the file moves this clock (exported_at, which no hash covers, moved on or removed, hid a
         # seal planted a year ahead)
@@ -295,6 +302,8 @@ class _Verifier:
             self.report.fail(f"line {number}: an export header past the first record (not read)")
         elif kind == "export":
             self.header_whole(number, rec)
+            self.header_kind(number, rec)
+            self.header_window(number, rec)
             at = rec.get("exported_at")
             if _text(at) and _UTC.fullmatch(at):
                 try:
@@ -333,9 +342,48 @@ class _Verifier:
         if "whole" not in rec:
             self.report.fail(f"line {number}: the export header has no 'whole' (true or false)")
         else:
-            shown = json.dumps(whole)
-            shown = shown if len(shown) <= 40 else shown[:37] + "..."
-            self.report.fail(f"line {number}: the export header's 'whole' is {shown}, not true or false")
+            self.report.fail(f"line {number}: the export header's 'whole' is {_shown(whole)}, not true or false")
+
+    def header_kind(self, number: int, rec: dict) -> None:
+        """The header's `format` and `version`: a file of another format, or of a version this
+        verifier does not know, was verified as if it were its own (an export written before
+        versions may lack both)."""
+        if "format" in rec and rec["format"] != FORMAT:
+            self.report.fail(f"line {number}: the export header's 'format' is {_shown(rec['format'])}, not "
+                             f"{_shown(FORMAT)}: not a file this verifier reads")
+        version = rec.get("version", VERSIONS[0])
+        if type(version) is not int or version not in VERSIONS:
+            self.report.fail(f"line {number}: the export header's 'version' is {_shown(version)}, a version this "
+                             f"verifier does not know (it reads {' and '.join(map(str, VERSIONS))})")
+
+    def header_window(self, number: int, rec: dict) -> None:
+        """The header's window, [from, to) (null: unbounded), which a window export's seals and
+        unsealed entries are checked against (`entry`, `close_seal`)."""
+        bounds: list[datetime | None] = []
+        for name in ("from", "to"):
+            value = rec.get(name)
+            at = _instant(value) if _text(value) else None
+            if value is not None and (at is None or at.tzinfo is None):
+                self.report.fail(f"line {number}: the export header's {name!r} is {_shown(value)}, not an RFC 3339 "
+                                 "time with its offset (nor null)")
+                return
+            bounds.append(at)
+        start, end = bounds
+        if start is not None and end is not None and end < start:
+            self.report.fail(f"line {number}: the export header's window ends ('to' {rec['to']}) before it starts "
+                             f"('from' {rec['from']})")
+        elif start is not None or end is not None:
+            self.window = (rec.get("from") or "-", rec.get("to") or "-", start, end)
+
+    def in_window(self, occurred_at: object) -> bool | None:
+        """Whether an entry's occurred_at (UTC, as the export writes it) lies in the header's
+        window; None when there is none, or the time is not one (its hash names it)."""
+        at = _instant(occurred_at) if self.window is not None and _text(occurred_at) else None
+        if at is None:
+            return None
+        at = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+        _, _, start, end = self.window  # type: ignore[misc]
+        return (start is None or start <= at) and (end is None or at < end)
 
     def account(self, number: int, rec: dict) -> None:
         """An account record: its type, scale and customer are in no hash, so each is checked against
@@ -380,6 +428,7 @@ class _Verifier:
             self.report.fail(f"seal {rec['id']} comes after the unsealed entries")
         prev = self.prev
         if prev is None:
+            self.report.from_genesis = rec["prev_hash"] == GENESIS.hex() and rec["from_txid"] == "0"
             if self.report.whole and (rec["prev_hash"] != GENESIS.hex() or rec["from_txid"] != "0"):
                 self.report.fail(f"seal {rec['id']} is not the first seal, yet nothing precedes it "
                                  "(a whole export starts at the first seal)")
@@ -444,8 +493,14 @@ class _Verifier:
             self.unsealed_ids.add(entry_id)
             if rec.get("seal") is not None:
                 self.report.fail(f"entry {entry_id} names seal {rec['seal']} but lies among the unsealed entries")
+            if self.in_unsealed and self.in_window(rec["occurred_at"]) is False:
+                start, end, _, _ = self.window  # type: ignore[misc]
+                self.report.fail(f"entry {entry_id} occurred at {rec['occurred_at']}, outside the header's window "
+                                 f"[{start}, {end}), yet it lies among the unsealed entries, which a window export "
+                                 "takes from the window alone")
             return
         seal.seen.append(entry_id)
+        seal.in_window = seal.in_window or self.in_window(rec["occurred_at"]) is not False
         if not seal.from_txid <= txid < seal.to_txid:  # the txid is in the hash; the seal's range is not
             self.report.fail(f"entry {entry_id} has txid {txid}, outside seal {seal.id}'s range "
                              f"[{seal.from_txid}, {seal.to_txid})")
@@ -495,6 +550,10 @@ class _Verifier:
                 break
         for extra in sorted(present - expected):
             self.report.fail(f"entry {extra} is not one of the entries seal {seal.id} sealed")
+        if self.window is not None and not seal.in_window:
+            start, end, _, _ = self.window
+            self.report.fail(f"seal {seal.id} holds no entry that occurred in the header's window [{start}, {end}): "
+                             "a window export writes only the seals that hold one")
         if seal.sealed_at is not None:
             self.dated_ahead(seal)
             seal.hasher.update(seal.sealed_at.encode())  # type: ignore[attr-defined]
@@ -531,6 +590,20 @@ class _Verifier:
             self.report.fail(f"seal {seal.id} is dated {at}, more than a day past {past}, and past the seal "
                              "before it and its entries: no clock dated it so, and the seals after it are dated "
                              "no earlier")
+
+
+def _shown(value: object) -> str:
+    """A header's value as JSON, cut at 40 characters."""
+    shown = json.dumps(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+def _instant(text: str) -> datetime | None:
+    """An RFC 3339 time (a header's bound, with its offset) or an entry's UTC time (without), or None."""
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def _utc(at: datetime) -> str:
@@ -578,10 +651,12 @@ def _print(report: OfflineReport, expect_head: str | None) -> None:
           f"{report.head or '(no seal)'}")
     if report.unsealed:
         print(f"note: {report.unsealed:,} entries are not sealed yet, so no hash vouches for them")
-    if not report.whole:
-        print("note: a window export (its header says so): the seals before its first"
-              + (f" and in {report.gaps:,} gap(s) between its seals" if report.gaps else "")
-              + " are not in it, so nothing here shows that none was removed; verify a whole export to know")
+    # a window from the chain's first seal leaves none out before it (it was cautioned so all the same)
+    left = ([] if report.from_genesis else ["before its first"]) + (
+        [f"in {report.gaps:,} gap(s) between its seals"] if report.gaps else [])
+    if not report.whole and left:
+        print(f"note: a window export (its header says so): the seals {' and '.join(left)} are not in it, so "
+              "nothing here shows that none was removed; verify a whole export to know")
     if not expect_head:
         print("note: compare the chain head with one obtained apart from this file (--expect-head)")
     else:
@@ -610,6 +685,10 @@ def _expected(report: OfflineReport, head: str) -> None:
     elif report.head is None:  # as `audit verify --expect-head` says of a database
         report.fail(f"the file has no seal, so no chain in it ends at the expected head {head} "
                     "(every seal cut out, or the head is another ledger's)")
+    elif head not in report.chain and not report.whole and report.from_genesis and not report.gaps:
+        report.fail(f"no seal in the window export has chain hash {head}: the window stops before that seal, the "
+                    "chain was rewritten since that head was taken, or the head is another ledger's "
+                    f"(the chain ends at {report.head})")
     elif head not in report.chain and not report.whole:  # its seals before its first, and in its gaps, left out
         report.fail(f"no seal in the window export has chain hash {head}: the window starts after that seal or "
                     "leaves it out in a gap, the chain was rewritten since that head was taken, or the head is "
@@ -648,7 +727,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"ok": report.ok, "entries": report.entries, "seals": report.seals,
                           "unsealed": report.unsealed, "head": report.head, "whole": report.whole,
-                          "gaps": report.gaps,
+                          "gaps": report.gaps, "from_genesis": report.from_genesis,
                           **({"expected_head": _passes(report, args.expect_head)} if args.expect_head else {}),
                           "problem_count": report.problem_count, "problems": report.problems}, indent=2))
     else:
