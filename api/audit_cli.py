@@ -7,11 +7,12 @@ import argparse
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from api.settings import Settings
 from ledger.offline import printable
@@ -34,12 +35,23 @@ def parse_time(raw: str | None) -> datetime | None:
 
 
 def parse_window(start: str | None, end: str | None) -> tuple[datetime | None, datetime | None]:
-    """--from and --to; the first must be before the second (exit 2 otherwise)."""
+    """--from and --to, [from, to): `--to` before `--from`, to the 9th digit given, is exit 2 (as
+    GET /v1/journal's 422 names `to`); `--to` equal to `--from`, or after it within one microsecond
+    (both read as the next one), is an empty window, as the journal answers it (the CLI refused it)."""
     since, until = parse_time(start), parse_time(end)
-    if since is not None and until is not None and since >= until:
-        print("error: --from must be before --to", file=sys.stderr)
+    if since is not None and until is not None and _instant(end, until) < _instant(start, since):
+        print("error: --to must not be before --from", file=sys.stderr)
         raise SystemExit(2)
     return since, until
+
+
+def _instant(raw: str, read: datetime) -> tuple[datetime, int]:
+    """A bound as given, to its 9th digit, as GET /v1/journal compares `to` with `from`: the
+    microsecond it lies in (`read`, parse_time's, is the next one where digits past it were given)
+    and the nanoseconds past it."""
+    finer = re.search(r"\.[0-9]{6}([0-9]+)", raw)
+    digits = finer.group(1) if finer else ""
+    return read - timedelta(microseconds=1) if digits.strip("0") else read, int(digits[:3].ljust(3, "0"))
 
 
 class StderrBar:

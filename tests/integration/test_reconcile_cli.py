@@ -94,7 +94,7 @@ def test_a_bad_or_reversed_window_is_exit_2_not_a_verdict(ledger_url, tmp_path):
     bad = _reconcile(ledger_url, tmp_path, body, "--from", "yesterday")
     assert bad.returncode == 2 and "not a time: 'yesterday'" in bad.stderr, bad.stdout + bad.stderr
     reversed_ = _reconcile(ledger_url, tmp_path, body, "--from", "2026-12-01", "--to", "2026-11-01")
-    assert reversed_.returncode == 2 and "--from must be before --to" in reversed_.stderr, reversed_.stdout
+    assert reversed_.returncode == 2 and "--to must not be before --from" in reversed_.stderr, reversed_.stdout
     assert "reconciled" not in reversed_.stdout
 
 
