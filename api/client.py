@@ -107,6 +107,7 @@ from api.client_reservations import (
     extend_call,
     given_key,
     gone_hold,
+    queued_settle,
     release_call,
     report_orphaned_exit,
     reserve_request,
@@ -491,7 +492,7 @@ class Client(_Base, JournalReads):
         `background_settle` client)."""
         aware("expires_at", expires_at)
         path, body, key, reservation_id = settle_call(reservation_id, final, key, usage)
-        if background and self._queue(path, body, key, reservation_id):
+        if background and self._queue(path, queued_settle(body), key, reservation_id):
             return None
         return self._settle_or_release(path, body, key, reservation_id, seconds_until(expires_at))
 
@@ -726,7 +727,7 @@ class AsyncClient(_Base, AsyncJournalReads):
         """With `background` (a `background_settle` client), queue it durably and answer None."""
         aware("expires_at", expires_at)
         path, body, key, reservation_id = settle_call(reservation_id, final, key, usage)
-        if background and await self._queue(path, body, key, reservation_id):
+        if background and await self._queue(path, queued_settle(body), key, reservation_id):
             return None
         return await self._settle_or_release(path, body, key, reservation_id, seconds_until(expires_at))
 

@@ -350,15 +350,24 @@ NORMALIZE = {"usage": normalize_canonical, "openai_usage": normalize_openai,
              "anthropic_usage": normalize_anthropic, "gemini_usage": normalize_gemini}
 
 
-def checked_usage(usage: dict[str, Any]) -> dict[str, Any]:
+def checked_usage(usage: dict[str, Any], call: str = "record") -> dict[str, Any]:
     """`usage` ({form: object}), once the server's own rules take it: else a ValueError naming the
     field, where it is recorded (a settle the server refuses leaves the call unbilled)."""
     [(form, value)] = usage.items()
     try:
         NORMALIZE[form](value)
     except InvalidUsageError as exc:
-        raise ValueError(f"record({form}=...): the server would refuse it: {exc}") from None
+        raise ValueError(f"{call}({form}=...): the server would refuse it: {exc}") from None
     return usage
+
+
+def queued_settle(body: dict[str, Any]) -> dict[str, Any]:
+    """A settle's body (settle_call's) about to be queued, once the server takes its usage
+    (checked_usage), else a ValueError at the call: queued, its refusal came back from the bulk
+    call and went to `.rejected`, the call never billed and its caller told it was queued."""
+    [form] = [name for name in body if name in NORMALIZE]
+    checked_usage({form: body[form]}, "settle")
+    return body
 
 
 def plain_usage(usage: Any) -> dict[str, Any]:

@@ -404,3 +404,44 @@ def test_a_settle_key_with_white_space_around_it_is_sent_as_the_server_keeps_it(
         ("settled", "0.03"), ("settled", "0.03")]
     assert available(url, customer) == Decimal("9.94")
     assert not list(spool_dir.glob("*.rejected")) and not list(spool_dir.glob("*.jsonl"))
+
+
+BAD_QUEUED_USAGE = [{"usage": {"prompt_tokens": 100, "completion_tokens": 20}},  # OpenAI's names as canonical
+                    {"usage": {}},  # no count: a provider's usage lost on the way
+                    {"openai_usage": {"prompt_tokens": 100, "completion_tokens": -20}}]
+
+
+async def test_a_queued_settle_of_usage_the_server_refuses_is_refused_at_the_call_and_never_set_aside(
+        live, spool_dir):
+    """`tt.settle(..., background=True)` with usage the server refuses (OpenAI's names given as
+    canonical counts, no count at all, a negative count) answered None, queued, and its bulk item
+    came back 422, set aside in `.rejected`: the call never billed, its caller told it was queued
+    (`record()` refuses such usage at the call for this reason; a foreground settle gets the
+    server's 422 itself). Now each is a ValueError at the call, nothing spooled, the hold whole.
+    Then the right usage: 1,000 output tokens x $20/M = $0.02, + $0.01 a call = $0.03, the hold's
+    $0.07 back: 10.00 - 0.03 = 9.97 available; the sync client the same, 9.94."""
+    url, book = live
+    customer = new_customer(url, book)
+    used = {"output_tokens": 1000}
+    async with AsyncClient(url, ADMIN, background_settle=True) as tt:
+        rid = (await tt.post("/v1/reservations", {"customer_id": customer, "request_id": "bad-usage-async",
+                                                  "model": "model-a", "amount": "0.10"}))["id"]
+        for usage in BAD_QUEUED_USAGE:
+            with pytest.raises(ValueError, match="the server would refuse it"):
+                await tt.settle(rid, background=True, **usage)
+        assert not tt.spool.path.exists()
+        assert reservation(url, rid)["charged"] == "0.00"
+        assert await tt.settle(rid, background=True, usage=used) is None
+    assert (reservation(url, rid)["status"], reservation(url, rid)["charged"]) == ("settled", "0.03")
+    assert available(url, customer) == Decimal("9.97")
+    with Client(url, ADMIN, background_settle=True, settle_deadline_s=1) as tt:
+        rid = tt.post("/v1/reservations", {"customer_id": customer, "request_id": "bad-usage-sync",
+                                           "model": "model-a", "amount": "0.10"})["id"]
+        for usage in BAD_QUEUED_USAGE:
+            with pytest.raises(ValueError, match="the server would refuse it"):
+                tt.settle(rid, background=True, **usage)
+        assert not tt.spool.path.exists()
+        assert tt.settle(rid, background=True, usage=used) is None
+    assert (reservation(url, rid)["status"], reservation(url, rid)["charged"]) == ("settled", "0.03")
+    assert available(url, customer) == Decimal("9.94")
+    assert not list(spool_dir.glob("*.rejected")) and not list(spool_dir.glob("*.jsonl"))
