@@ -13,7 +13,7 @@ import httpx
 from prometheus_client import Counter
 
 from api.gateway.calls import CHAT, Call
-from api.gateway.settles import settle_record
+from api.gateway.settles import refused_usage, settle_record
 from api.gateway.shapes import Refusal, stream_error_event
 from api.gateway.streams import (
     EventSplitter,
@@ -81,6 +81,7 @@ class Forwarding:
         self.outcome = "settled"
         self.finished = False  # settled or released (or tried to be)
         self.charged: int | None = None  # what finish() knows was charged: 0 once released
+        self.refused: dict[str, Any] | None = None  # the provider's usage the ledger could not read (_readable)
 
     async def run(self) -> None:
         response: httpx.Response | None = None
@@ -318,7 +319,7 @@ class Forwarding:
             if form == "usage" and audio and usage.get("input_tokens", 0) >= audio:  # the gateway's own count
                 usage = {**usage, "input_tokens": usage["input_tokens"] - audio, "input_audio_tokens": audio}
             form, usage = self.tally.with_tool_calls(form, usage)  # searches, containers: the usage omits them
-            record = settle_record(r.customer_id, self.x.request_id, r.id, form, usage, assumed)
+            record = settle_record(r.customer_id, self.x.request_id, r.id, form, usage, assumed, self.refused)
             settles = self.x.gw.settles
             try:
                 if not wait:
@@ -365,6 +366,7 @@ class Forwarding:
             return form, usage
         except InvalidUsageError as exc:
             log.warning("upstream usage unreadable (%s); settling with the metered output", exc)
+            self.refused = refused_usage(form, usage, str(exc))
             self.tally.usage = self.tally.started = None
             return self.tally.settlement(self.x.gw.counter, self.call.model, self.call.prompt_raw_tokens) \
                 or ("usage", {"input_tokens": self.call.prompt_raw_tokens})

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 
 from api.background import BackgroundSettler, item_of, item_retry_after
 from api.delivery import DURABLE_RETRY, RetryPolicy
@@ -91,13 +92,38 @@ def settle_key(customer_id: str, request_id: str) -> str:
 
 
 def settle_record(customer_id: str, request_id: str, reservation_id: str, form: str,
-                  usage: dict[str, Any], assumed: dict[str, str] | None = None) -> SpoolRecord:
-    """The spool record of a call's final settle with `usage` (as `form`: usage, openai_usage, ...)
-    and the prices `assumed` (the tier its hold was priced at, that the answer did not tell)."""
+                  usage: dict[str, Any], assumed: dict[str, str] | None = None,
+                  refused: dict[str, Any] | None = None) -> SpoolRecord:
+    """The spool record of a call's final settle with `usage` (as `form`: usage, openai_usage, ...),
+    the prices `assumed` (the tier its hold was priced at, that the answer did not tell) and the
+    provider's usage `refused` in its place (refused_usage)."""
     return SpoolRecord("POST", f"/v1/reservations/{reservation_id}/settle",
                        {"customer_id": customer_id, "request_id": request_id, form: usage, "final": True,
-                        **({"assumed": assumed} if assumed else {})},
+                        **({"assumed": assumed} if assumed else {}),
+                        **({"refused_usage": refused} if refused else {})},
                        settle_key(customer_id, request_id), reservation_id, SCOPE)
+
+
+# the most of a refused usage object its charge's record keeps as reported (an upstream's usage is
+# a few hundred bytes; one past this is kept as its size, the reason beside it)
+REFUSED_USAGE_BYTES = 4096
+
+
+def refused_usage(form: str, usage: Any, reason: str) -> dict[str, Any]:
+    """The provider's usage the ledger could not read (two counts of one detail under its two names,
+    say), as the charge that metered the call's output in its place records it: its form, the
+    usage as reported (or its size, past REFUSED_USAGE_BYTES) and the reason it was refused."""
+    size = len(msgspec.json.encode(usage))
+    kept = {"reported": usage} if size <= REFUSED_USAGE_BYTES else {"reported_bytes": size}
+    return {"form": form, **kept, "reason": reason[:1000]}
+
+
+def with_refused(stored: dict[str, Any], refused: Any) -> dict[str, Any]:
+    """The usage record of a settle with the provider's usage it was metered in place of, if any
+    (refused_usage): the customer pays the metered output with the reading it set aside on record."""
+    if not isinstance(refused, dict) or not isinstance(refused.get("form"), str):
+        return stored
+    return {**stored, "refused_usage": refused}
 
 
 def with_assumed(stored: dict[str, Any], assumed: Any) -> dict[str, Any]:
@@ -208,7 +234,7 @@ class GatewaySettles:
         try:
             tokens, stored = usage_tokens(**{"usage": None, "openai_usage": None, "anthropic_usage": None,
                                              form: item[form]})
-            stored = with_assumed(stored, assumed)
+            stored = with_refused(with_assumed(stored, assumed), item.get("refused_usage"))
             result = await self.wallets.submit(Settle(
                 customer_id=item["customer_id"], reservation_id=item["reservation_id"], request_hash=digest,
                 tokens=tokens, usage=stored, final=True, idem=IdemKey(SCOPE, key, digest),

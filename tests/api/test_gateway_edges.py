@@ -1424,6 +1424,54 @@ def test_a_call_whose_hold_no_journal_entry_can_carry_is_refused_naming_the_call
     assert wallet(url, cid) == (Decimal("10"), 0)
 
 
+CONFLICTED = {"prompt_tokens": 1000, "completion_tokens": 40, "total_tokens": 1040,
+              "prompt_tokens_details": {"cached_tokens": 200}, "input_tokens_details": {"cached_tokens": 100}}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_usage_that_gives_one_detail_under_both_names_with_two_counts_is_charged_the_metered_output_on_record(
+        live, upstream, stream):
+    """OpenAI's usage names its prompt details `prompt_tokens_details` (chat) or
+    `input_tokens_details` (responses); one giving both with two cached counts (200, 100) is
+    refused as the ledger refuses it on POST /v1/usage: no count can be chosen. The call is then
+    charged what the gateway metered, as one without usage: "hi" (8 tokens, the count without
+    the hold's margin) at 10.00/M and " one two three" (3 tokens) at 20.00/M, plus 0.001: 0.00114.
+    Was: charged so with a usage record of those counts alone (source "usage"), nothing telling
+    the provider's reading or why it was set aside. Now the record keeps it: `refused_usage`,
+    its form, the usage as the provider reported it, and the reason."""
+    url, _ = live
+    cid, key = customer(live)
+    whole = msgspec.json.encode({"id": "c", "object": "chat.completion", "created": 1, "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": " one two three"}, "finish_reason": "stop"}],
+        "usage": CONFLICTED})
+
+    async def answer(send: Any, receive: Any) -> None:
+        if not stream:
+            await start(send, b"application/json", len(whole))
+            await body(send, whole, more=False)
+            return
+        await start(send, b"text/event-stream")
+        await body(send, content(" one two three"))
+        await body(send, b"data: " + msgspec.json.encode({"id": "c", "object": "chat.completion.chunk", "created": 1,
+                                                          "model": "m", "choices": [], "usage": CONFLICTED}) + b"\n\n")
+        await body(send, b"data: [DONE]\n\n", more=False)
+
+    name = model(upstream, answer)
+    asked = {"model": name, "messages": HI, "max_tokens": 50, **({"stream": True} if stream else {})}
+    answered = httpx.post(f"{url}/openai/v1/chat/completions", headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                          json=asked)
+    assert answered.status_code == 200, answered.text
+    rid = answered.headers["x-tokentill-request-id"]
+    cost = (8 * IN + 3 * OUT) / M + CALL
+    assert cost == Decimal("0.00114")
+    _billed(url, cid, rid, cost)
+    record = charge_usage(url, rid)
+    assert record["canonical"]["input_tokens"] == 8 and record["canonical"]["output_tokens"] == 3
+    refused = record["refused_usage"]
+    assert refused["form"] == "openai_usage" and refused["reported"] == CONFLICTED
+    assert "prompt_tokens_details: differs from input_tokens_details" in refused["reason"]
+
+
 def test_a_gateway_calls_hold_is_not_its_callers_to_settle_or_release(live, upstream):
     """The caller's inference key may settle and release its customer's reservations over HTTP,
     and a gateway call's reservation is one (its id is in the customer's journal). Settled with
