@@ -116,6 +116,7 @@ from api.client_reservations import (
 from api.delivery import Failure, GaveUp, RetryPolicy, Schedule, aware, seconds_until
 from api.spool import SUFFIX, FlushReport, Spool, SpoolRecord, spool_name
 from api.spool import spool_dir as resolve_spool_dir
+from ledger.forksafe import ForkSafeLock
 from pricing.tokens import TokenCounter
 
 __all__ = [  # the typed errors live in api.client_errors and are imported from here
@@ -149,11 +150,8 @@ def unkeyed(method: str, path: str) -> bool:
     return method == "POST" and UNKEYED.fullmatch(path.split("?", 1)[0]) is not None
 
 
-# The lock a forked child's threads take to give a Client the child's own connections and settler;
-# made anew in each child (one held at the fork by another thread would never be let go there).
-_OWNING = [threading.Lock()]
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: _OWNING.__setitem__(0, threading.Lock()))
+# The lock a forked child's threads take to give a Client the child's own connections and settler.
+_OWNING = ForkSafeLock()
 
 
 class ClientOptions(TypedDict, total=False):
@@ -366,7 +364,7 @@ class Client(_Base, JournalReads):
         unanswered reserves stay the parent's. A `transport=` given is the caller's, kept."""
         if self._pid == os.getpid():
             return
-        with _OWNING[0]:  # the child's threads may all call at once: one makes, the others wait
+        with _OWNING:  # the child's threads may all call at once: one makes, the others wait
             if self._pid == os.getpid():
                 return
             self._http = httpx.Client(transport=self._transport, timeout=self._timeout)

@@ -30,6 +30,8 @@ from typing import Any
 
 import platformdirs
 
+from ledger.forksafe import in_forked_child
+
 log = logging.getLogger("tokentill.spool")
 
 ENV_DIR = "TOKENTILL_SPOOL_DIR"
@@ -60,8 +62,7 @@ def _drop_inherited_locks() -> None:
     _HELD.clear()
 
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_drop_inherited_locks)
+in_forked_child(_drop_inherited_locks)
 
 
 def spool_dir(explicit: str | os.PathLike[str] | None = None) -> Path:

@@ -28,7 +28,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -41,11 +40,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import psutil
 
+from ledger.forksafe import ForkSafeLock
+
 log = logging.getLogger(__name__)
 
 # The wheel's start-up lock is a file lock (fcntl): it keeps processes apart, not the threads of
-# one process, and it is not reentrant. Every use of it here queues on this lock first.
-_PROCESS_LOCK = threading.Lock()
+# one process, and it is not reentrant. Every use of it here queues on this lock first (a child
+# forked while another thread held it, starting or stopping the cluster, takes its own).
+_PROCESS_LOCK = ForkSafeLock()
 HANDLE_FILE = ".handle_pids.json"
 
 

@@ -4,15 +4,14 @@ follows decisions in it. No database, no clock: `now` is always passed in.
 """
 from __future__ import annotations
 
-import os
 import secrets
-import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from ledger.forksafe import ForkSafeLock
 from ledger.model import Posting
 from pricing.override_versions import OverrideHistory
 from wallets import chart
@@ -22,17 +21,7 @@ _NEVER = datetime.max.replace(tzinfo=None)
 
 
 _last_us = 0  # the microsecond of the last id this process made
-_ids_lock = threading.Lock()
-
-
-def _new_ids_lock() -> None:
-    """A forked child's own lock: one held at the fork by another thread would never be let go."""
-    global _ids_lock
-    _ids_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_new_ids_lock)
+_ids_lock = ForkSafeLock()  # a forked child's own when another thread held it at the fork
 
 
 def new_id(prefix: str) -> str:

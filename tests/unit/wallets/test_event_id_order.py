@@ -62,13 +62,10 @@ def test_a_wallet_blocked_then_unblocked_in_one_microsecond_sorts_blocked_first(
 
 def test_a_child_forked_while_another_thread_holds_the_ids_lock_still_makes_ids():
     """Held at the fork (as by another thread minting an id), the lock stayed held in the child
-    forever: its first new_id hung. The child now gets a lock of its own."""
-    import os
+    forever: its first new_id hung. The child now gets a lock of its own (ledger.forksafe)."""
+    from tests.forked import forked_while_held
 
-    from tests.forked import exit_code_of
+    def child() -> None:
+        assert new_id("evt").startswith("evt_")
 
-    with model._ids_lock:
-        pid = os.fork()
-        if pid == 0:  # the child: mint an id, exit 0 (a hang never gets here)
-            os._exit(0 if new_id("evt").startswith("evt_") else 1)
-    assert exit_code_of(pid, "the forked child hung in new_id") == 0
+    assert forked_while_held(model._ids_lock, child, "the forked child hung in new_id") == 0
