@@ -283,3 +283,36 @@ async def test_route_by_key_shape(world, method, path, body, target, outcomes, s
         assert MARK[unseen] not in response.text, response.text
         assert f"customer:{unseen}:" not in shown, response.text  # its account codes
         assert f"{BOOK}-{unseen}" not in response.text or path.startswith("/v1/price-books"), response.text
+
+
+
+def _scopes(outcomes: dict[frozenset[str], object]) -> set[str]:
+    return {scope for scopes in outcomes for scope in scopes}
+
+
+BODIES = [b"{not json", b'{"zz": [1], "id": 7}', b"[1, 2]", b'"text"']
+WITH_BODY = [(m, p, o, "{own}" in f"{b}" and "{own}" not in p) for m, p, b, o in ROUTES
+             if m in ("POST", "PUT", "PATCH", "DELETE")]
+
+
+@pytest.mark.parametrize("key", ["none", "a bad key", "customer:other"])
+@pytest.mark.parametrize("method, path, outcomes, named", WITH_BODY, ids=[f"{m} {p}" for m, p, _, _ in WITH_BODY])
+async def test_a_malformed_body_is_refused_for_the_key_first_whatever_the_body(world, method, path, outcomes, named,
+                                                                               key):
+    """Guard: no key, or one that is not a key, is 401 unauthorized before anything of the body is
+    read, for every body (not JSON, unknown fields, an array, a string); a key whose scope the
+    route refuses (customer:other, on a route of customer own's or the platform's) is 403 forbidden
+    likewise: a caller is never told what a body it may not send should look like. A route whose
+    customer is named in the body (`named`: a budget, a reservation) is a route the key may call
+    for its own customer: which customer is read from the body, so a malformed one is 422 there."""
+    client, keys, names = world
+    expected = {"none": 401, "a bad key": 401}.get(key) or _expected(outcomes, key)
+    if expected not in (401, 403) or (named and key == "customer:other" and expected == 403
+                                      and "customer:own" in _scopes(outcomes)):
+        pytest.skip(f"{key} may call {method} {path}")
+    headers = {"Content-Type": "application/json", "Idempotency-Key": uuid.uuid4().hex,
+               **({"Authorization": "Bearer tt_not_a_key"} if key == "a bad key" else keys[key])}
+    code = {401: "unauthorized", 403: "forbidden"}[expected]
+    for body in BODIES:
+        response = await client.request(method, _fill(path, names[OWN]), content=body, headers=headers)
+        assert (response.status_code, response.json()["code"]) == (expected, code), (body, response.text)
