@@ -155,8 +155,10 @@ class _Reader:
         return out
 
     def part(self, whole: int, part: int, name: str, whole_name: str) -> int:
-        """``part``, checked to be within ``whole``."""
-        self.check(part <= whole, name, f"exceeds {whole_name}")
+        """``part``, checked to be within ``whole``, unless ``whole`` is refused already: a detail
+        not given reads 0, and each 'exceeded' a negative total, naming fields never sent."""
+        self.check(part <= whole or any(e["field"] == whole_name for e in self.errors), name,
+                   f"exceeds {whole_name}")
         return part
 
     def check(self, ok: bool, name: str, message: str) -> None:

@@ -8,6 +8,7 @@ from pricing.normalize import (
     NormalizedUsage,
     normalize_anthropic,
     normalize_canonical,
+    normalize_gemini,
     normalize_openai,
     normalize_openai_chat,
     normalize_openai_responses,
@@ -264,3 +265,22 @@ def test_openai_details_given_under_both_names_that_differ_are_refused_naming_th
     with pytest.raises(InvalidUsageError) as info:
         normalize_openai({**usage, "prompt_tokens_details": {"audio_tokens": 0}})
     assert field_names(info.value) == {"input_tokens_details"}
+
+
+@pytest.mark.parametrize(("normalize", "usage", "named"), [
+    (normalize_openai, {"prompt_tokens": -1, "completion_tokens": 5}, {"prompt_tokens": "must not be negative"}),
+    (normalize_openai, {"input_tokens": -1, "output_tokens": -3},
+     {"input_tokens": "must not be negative", "output_tokens": "must not be negative"}),
+    (normalize_openai, {"prompt_tokens": "100", "completion_tokens": 5, "prompt_tokens_details": {"cached_tokens": 50}},
+     {"prompt_tokens": "must be an integer, not str"}),
+    (normalize_gemini, {"promptTokenCount": -1}, {"promptTokenCount": "must not be negative"}),
+    (normalize_anthropic, {"input_tokens": 1, "output_tokens": -2}, {"output_tokens": "must not be negative"}),
+], ids=["chat-negative", "responses-negatives", "chat-string", "gemini-negative", "anthropic-negative"])
+def test_a_refused_total_names_only_itself_not_the_details_never_sent(normalize, usage, named):
+    """A total refused (negative, not an integer) read its details not given as 0 and said each
+    'exceeds' it: {"prompt_tokens": -1} was refused naming prompt_tokens and four fields never sent
+    (prompt_tokens_details.cached_tokens, audio, image and video tokens 'exceeds prompt_tokens'),
+    a Responses usage of two negative totals twelve fields. A refused total names itself alone."""
+    with pytest.raises(InvalidUsageError) as refused:
+        normalize(usage)
+    assert {f["field"]: f["message"] for f in refused.value.fields} == named
