@@ -781,10 +781,10 @@ def csv_text(document: Mapping[str, Any]) -> str:
 def usage_csv(report: Mapping[str, Any]) -> str:
     """A usage report's rows, one a line: its group keys in order, then quantity, amount,
     currency and charges; a text cell a spreadsheet would run (a dimension a caller sent, a
-    model name) written after a ', as an invoice's."""
+    model name, a dimension's name in the header) written after a ', as an invoice's."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow([*report["group_by"], "quantity", "amount", "currency", "charges"])
+    writer.writerow([*(_as_text(g) for g in report["group_by"]), "quantity", "amount", "currency", "charges"])
     for row in report["rows"]:
         writer.writerow([*(_as_text(row[g]) for g in report["group_by"]),
                          row["quantity"], row["amount"], report["currency"], row["charges"]])

@@ -50,7 +50,9 @@ _OFFSET = "(?:[Zz]|[+-](?:[01][0-9]|2[0-3]):[0-5][0-9])"
 DATE_TIME = f"^(?:{_DATE})[Tt]{_TIME}{_OFFSET}$"  # "t" and "z" too: RFC 3339 5.6, NOTE
 
 IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
-DIMENSION_NAME = r"[A-Za-z_][A-Za-z0-9_.-]{0,63}"
+# any name a usage event's dimension may have (région, user tier, 2fa), but a comma (it separates
+# them) or a control character, with no space at either end (the list's are read as separators)
+DIMENSION_NAME = r"[^\s,\x00-\x1f\x7f](?:[^,\x00-\x1f\x7f]*[^\s,\x00-\x1f\x7f])?"
 GROUP_BY = rf"^ *(?:{DIMENSION_NAME} *(?:, *{DIMENSION_NAME} *)*)?$"
 
 AMOUNT_TEXT = "a decimal string, such as \"10.00\": at most 1000000000, with at most 9 decimals"
