@@ -46,6 +46,7 @@ def secret_hash(secret: str) -> bytes:
 
 
 NAME_MOST = 200  # characters of a key's name (its label)
+CUSTOMERS_MOST = 1000  # customers one key may be limited to (POST /v1/api-keys' schema too)
 
 
 def validate(scope: str, customers: list[str], name: str = "") -> None:
@@ -59,6 +60,8 @@ def validate(scope: str, customers: list[str], name: str = "") -> None:
     elif (bad := unstorable_at(name)) is not None:
         fields.append({"field": "name", "message": "not text PostgreSQL can hold (a byte not in UTF-8, or U+0000) "
                        f"at position {bad + 1}"})
+    if len(customers) > CUSTOMERS_MOST:  # the CLI's --customer, repeated: the route's schema refuses it first
+        fields.append({"field": "customers", "message": f"at most {CUSTOMERS_MOST} customers, not {len(customers)}"})
     fields += [{"field": f"customers[{i}]", "message": f"{c!r} is not a customer id (1-100 of A-Z a-z 0-9 . _ -, "
                 "starting with a letter or digit)"} for i, c in enumerate(customers)
                if not (isinstance(c, str) and CUSTOMER_ID.match(c))]

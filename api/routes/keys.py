@@ -28,7 +28,7 @@ CustomerId = Annotated[str, msgspec.Meta(extra_json_schema={"minLength": 1, "max
 
 class CreateApiKeyRequest(msgspec.Struct, forbid_unknown_fields=True):  # a misspelt `customers`: 422, not unlimited
     scope: Annotated[str, msgspec.Meta(pattern=keys.SCOPE.pattern)]
-    customers: Annotated[list[CustomerId], msgspec.Meta(max_length=1000)] = []
+    customers: Annotated[list[CustomerId], msgspec.Meta(max_length=keys.CUSTOMERS_MOST)] = []
     name: Annotated[str, msgspec.Meta(max_length=keys.NAME_MOST)] = ""
 
 

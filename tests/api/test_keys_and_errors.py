@@ -168,3 +168,11 @@ async def test_a_customer_listed_twice_is_kept_once_in_first_seen_order(client):
     assert made.status_code == 201 and made.json()["customers"] == ["acme", "beta"], made.text
     listed = [k for k in (await client.get("/v1/api-keys", headers=ADMIN)).json() if k["id"] == made.json()["id"]]
     assert listed[0]["customers"] == ["acme", "beta"]
+
+
+async def test_a_key_for_more_than_1000_customers_is_refused_naming_customers(client):
+    """The CLI now refuses 1,001 as this does (test_cli_errors): the same bound, keys.CUSTOMERS_MOST."""
+    many = await client.post("/v1/api-keys", headers=ADMIN, json={
+        "scope": "inference", "customers": [f"c{i}" for i in range(1001)]})
+    assert many.status_code == 422 and many.json()["code"] == "validation_error", many.text
+    assert [f["field"] for f in many.json()["fields"]] == ["customers"], many.text

@@ -257,3 +257,15 @@ def test_a_pool_the_open_file_limit_leaves_no_room_beside_stops_serve_before_the
         message = stopped.value.code
         assert isinstance(message, str), message
         assert message.startswith(f"TOKENTILL_POOL_SIZE {nofile:,} leaves 0 HTTP "), message
+
+
+def test_a_key_for_more_customers_than_the_api_takes_is_a_usage_error(monkeypatch, capsys):
+    """POST /v1/api-keys takes at most 1,000 customers (422); `keys create` with 1,001 `--customer`
+    went on to the database (unreachable here: exit 3) and made the key. Now refused as the API
+    refuses it, before any connection; 1,000 still go on (to the database: 3)."""
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere")
+    given = [arg for i in range(1001) for arg in ("--customer", f"c{i}")]
+    assert main(["keys", "create", "--scope", "inference", *given]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: invalid API key request; customers: at most 1000 customers, not 1001"), err
+    assert main(["keys", "create", "--scope", "inference", *given[:2000]]) == DATABASE_UNREACHABLE
