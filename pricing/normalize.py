@@ -157,9 +157,12 @@ class _Reader:
     def part(self, whole: int, part: int, name: str, whole_name: str) -> int:
         """``part``, checked to be within ``whole``, unless ``whole`` is refused already: a detail
         not given reads 0, and each 'exceeded' a negative total, naming fields never sent."""
-        self.check(part <= whole or any(e["field"] == whole_name for e in self.errors), name,
-                   f"exceeds {whole_name}")
+        self.check(part <= whole or self.refused(whole_name), name, f"exceeds {whole_name}")
         return part
+
+    def refused(self, *names: str) -> bool:
+        """Whether any of the fields `names` is refused already (a sum of them says nothing more)."""
+        return any(e["field"] in names for e in self.errors)
 
     def check(self, ok: bool, name: str, message: str) -> None:
         if not ok:
@@ -230,7 +233,8 @@ def _openai(r: _Reader, prompt_name: str, completion_name: str, source: str) -> 
     counts["input"] = prompt - cached - write - sum(counts[f"input_{m}"] for m in MODALITIES)
     counts["output"] = completion - reasoning - sum(counts[f"output_{m}"] for m in MODALITIES)
     if r.obj.get("total_tokens") is not None:
-        r.check(r.count("total_tokens") == prompt + completion, "total_tokens",
+        total = r.count("total_tokens")
+        r.check(total == prompt + completion or r.refused("total_tokens", prompt_name, completion_name), "total_tokens",
                 f"must equal {prompt_name} + {completion_name}")
     details = {f"{k}_prediction_tokens": r.part(completion, r.count(out, f"{k}_prediction_tokens"),
                                                 f"{out}.{k}_prediction_tokens", completion_name)
@@ -279,7 +283,7 @@ def normalize_anthropic(usage: Mapping[str, Any]) -> NormalizedUsage:
         # total message_delta raised past message_start's split; the added ones are 5-minute writes
         # (the call's TTL unknown here), as cache_write is write - hour below, and named
         # `cache_writes_unsplit`: a settle whose reservation names its TTL takes them at it
-        r.check(five + hour <= write, "cache_creation",
+        r.check(five + hour <= write or r.refused("cache_creation_input_tokens"), "cache_creation",
                 "ephemeral_5m + ephemeral_1h must not exceed cache_creation_input_tokens")
     thinking = r.part(out, r.count("output_tokens_details", "thinking_tokens"),
                       "output_tokens_details.thinking_tokens", "output_tokens")

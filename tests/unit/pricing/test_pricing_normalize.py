@@ -284,3 +284,21 @@ def test_a_refused_total_names_only_itself_not_the_details_never_sent(normalize,
     with pytest.raises(InvalidUsageError) as refused:
         normalize(usage)
     assert {f["field"]: f["message"] for f in refused.value.fields} == named
+
+
+@pytest.mark.parametrize(("normalize", "usage", "named"), [
+    (normalize_openai, {"prompt_tokens": -1, "completion_tokens": 5, "total_tokens": 5},
+     {"prompt_tokens": "must not be negative"}),
+    (normalize_openai, {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": -1},
+     {"total_tokens": "must not be negative"}),
+    (normalize_anthropic, {"input_tokens": 1, "output_tokens": 1, "cache_creation_input_tokens": -5,
+                           "cache_creation": {"ephemeral_5m_input_tokens": 0}},
+     {"cache_creation_input_tokens": "must not be negative"}),
+], ids=["total-of-a-negative-prompt", "negative-total", "negative-cache-writes"])
+def test_a_refused_count_is_not_also_told_its_sum_is_wrong(normalize, usage, named):
+    """As a refused total's parts: a sum checked against a refused count named it twice, or named
+    a field that was right (total_tokens 5 'must equal prompt_tokens + completion_tokens' beside a
+    prompt_tokens of -1; cache_creation 'must not exceed' a negative cache_creation_input_tokens)."""
+    with pytest.raises(InvalidUsageError) as refused:
+        normalize(usage)
+    assert [(f["field"], f["message"]) for f in refused.value.fields] == list(named.items())
