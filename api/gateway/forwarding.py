@@ -59,6 +59,10 @@ def _is_json(response: httpx.Response) -> bool:
     return response.headers.get("content-type", "").lower().startswith("application/json")
 
 
+def _is_event_stream(response: httpx.Response) -> bool:
+    return response.headers.get("content-type", "").lower().startswith("text/event-stream")
+
+
 def _silent() -> httpx.ReadTimeout:
     return httpx.ReadTimeout("the upstream was silent for longer than the read timeout")
 
@@ -91,7 +95,9 @@ class Forwarding:
                 return
             if not response.is_success:
                 await self._pass_error(response)
-            elif self.call.stream and not _is_json(response):  # a whole answer to a streamed call: as one
+            elif (self.call.stream and not _is_json(response)) or _is_event_stream(response):
+                # a whole answer to a streamed call: as one; a stream to a whole call (an upstream that
+                # streams whatever the call says), metered as one (was: read as JSON, released, free)
                 await self._relay(response)
             else:
                 await self._whole(response)

@@ -1472,6 +1472,32 @@ def test_a_usage_that_gives_one_detail_under_both_names_with_two_counts_is_charg
     assert "prompt_tokens_details: differs from input_tokens_details" in refused["reason"]
 
 
+def test_a_whole_call_answered_with_an_event_stream_is_relayed_and_charged_its_usage(live, upstream):
+    """A call that did not ask to stream, answered 200 text/event-stream (an OpenAI-compatible
+    upstream that streams whatever the call says): its events carry the answer and the provider's
+    usage (1,000 prompt tokens of which 200 cached, 40 out: CHAT_CHARGE, $0.0100). Was: read as a
+    whole JSON answer, which it is not, so released and passed through, x-tokentill-charged 0:
+    the answer given for nothing. Now it is relayed and metered as a stream is, its charge in the
+    closing comment."""
+    url, _ = live
+    cid, key = customer(live)
+    events = [content(" one two three"), usage_chunk(40), b"data: [DONE]\n\n"]
+
+    async def streams(send: Any, receive: Any) -> None:
+        await start(send, b"text/event-stream")
+        for event in events:
+            await body(send, event)
+        await body(send, b"", more=False)
+
+    answered = httpx.post(f"{url}/openai/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                          json={"model": model(upstream, streams), "messages": HI, "max_tokens": 50}, timeout=30)
+    assert answered.status_code == 200, answered.text
+    rid = answered.headers["x-tokentill-request-id"]
+    assert answered.text.startswith(b"".join(events).decode())
+    assert answered.text.endswith(f": tokentill charged=0.01 currency=USD request_id={rid}\n\n")
+    _billed(url, cid, rid, CHAT_CHARGE)
+
+
 def test_a_gateway_calls_hold_is_not_its_callers_to_settle_or_release(live, upstream):
     """The caller's inference key may settle and release its customer's reservations over HTTP,
     and a gateway call's reservation is one (its id is in the customer's journal). Settled with
