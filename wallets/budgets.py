@@ -70,6 +70,12 @@ class BudgetChange:
     thresholds: tuple[int, ...] | None = None
 
 
+def valid(spec: BudgetSpec) -> None:
+    """Refuse a budget that cannot mean anything, naming the field (422): run once its key is read
+    (acadff6), and before its customer is found missing (422 before 404)."""
+    rules.validate(spec.window, spec.metric, spec.mode, spec.limit, spec.thresholds, spec.time_zone, spec.model)
+
+
 class BudgetService:
     def __init__(self, db: Database, engine: Engine, clock: Callable[[], datetime], *,
                  max_per_customer: int = MAX_PER_CUSTOMER) -> None:
@@ -108,12 +114,8 @@ class BudgetService:
                         + ahead_alerts(state, b, currency, now))
             return rules.budget_view(b, currency, now)
 
-        def valid() -> None:  # after the key: the answer kept for this very body first (acadff6)
-            rules.validate(spec.window, spec.metric, spec.mode, spec.limit, spec.thresholds, spec.time_zone,
-                           spec.model)
-
         return await run_once(self.db, idem, work, await self._locks(spec.customer_id), lambda _: CREATED,
-                              rules=valid)
+                              rules=lambda: valid(spec))  # after the key: the answer kept for this body first
 
     async def get(self, budget_id: str) -> BudgetView:
         customer_id = await self.owner(budget_id)

@@ -17,7 +17,7 @@ from api.routes.formats import AMOUNT_TEXT, POSITIVE_AMOUNT, CustomerQuery, Iden
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, kept_answer, respond, shaped, time_out
 from pricing.errors import NOT_AN_INTEGER
-from wallets.budgets import MAX_PER_CUSTOMER, BudgetChange, BudgetSpec
+from wallets.budgets import MAX_PER_CUSTOMER, BudgetChange, BudgetSpec, valid
 from wallets.core.budgets import BudgetView, figure
 from wallets.errors import NotFoundError, WalletValidationError
 from wallets.model import Budget
@@ -154,7 +154,11 @@ async def create_budget(state: State, request: Request, data: CreateBudgetBody) 
     spec = BudgetSpec(data.customer_id, data.window, data.metric, _limit(data.metric, data.limit), data.mode,
                       data.name, data.api_key, data.model, dict(data.dimensions), tuple(data.thresholds),
                       data.time_zone, "customer" if _customers_own(request) else "operator")
-    await state.services.wallets.get_customer(data.customer_id)  # 404 before anything is written
+    try:  # 404 before anything is written, but after the body's own refusal (422)
+        await state.services.wallets.get_customer(data.customer_id)
+    except NotFoundError:
+        valid(spec)
+        raise
     return respond(request, await state.services.wallets.budgets.create(spec, idempotency(request, data)), BUDGET)
 
 
