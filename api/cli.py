@@ -196,13 +196,14 @@ def _billing_close(args: argparse.Namespace, settings: Settings) -> int:
     from wallets.engine import utc_now
     from wallets.errors import WalletValidationError
 
+    now = utc_now()
     try:
-        until = close_clock(args.until, utc_now(), early=args.early, early_as="--early")
+        until = close_clock(args.until, now, early=args.early, early_as="--early")
     except WalletValidationError as exc:
         print(f"tokentill billing close: --{exc}", file=sys.stderr)
         return 2
     refused: list[tuple[str, str]] = []
-    closed = _with_db(settings, lambda db: close_due(db, until, failures=refused))
+    closed = _with_db(settings, lambda db: close_due(db, until, failures=refused, written=now))
     for c in closed:
         print(f"{c.number}  {c.customer_id}  {c.period}  total {format_money(c.total, c.currency)}  "
               f"due {format_money(c.amount_due, c.currency)}")

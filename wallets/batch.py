@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import msgspec
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.accounts import open_accounts
@@ -98,6 +99,10 @@ class Batch:
     entry_ids: list[int] = field(default_factory=list)  # the entries' ids (given by flush), in order
     posting: PreparedPost | None = None  # the entries' ledger_post call (made by flush)
     pinned: dict[int, PriceBook | None] = field(default_factory=dict)  # id(command) -> its usage time's book
+    # the clock of an early close (run `until` a time to come): an entry is dated when the ledger
+    # records it, at the latest (they were dated at `until`, weeks ahead, so no journal or export
+    # window up to the time they were written listed them); None: `now` dates them
+    written: datetime | None = None
 
     def state(self, customer_id: str) -> State:
         return State(customer_id, self.loaded.wallets.get(customer_id), self.loaded.idempotency,
@@ -159,7 +164,9 @@ class Batch:
         if decision.entry is not None:
             if decision.entry.kind in ROUNDS and any(p.account.startswith(ROUNDING) for p in decision.entry.postings):
                 self.platform_accounts.append(chart.rounding_spec(decision.entry.postings[0].asset))
-            posted = self._billed(decision)
+            posted = self._billed(decision)  # its period (in its metadata) is of the time it was decided at
+            if self.written is not None and posted.occurred_at > self.written:
+                posted = msgspec.structs.replace(posted, occurred_at=self.written)
             self.entries.append(posted)
             w = self.loaded.wallets[posted.customer_id]
             w.apply(posted.postings)

@@ -60,13 +60,16 @@ def close_clock(until: datetime | None, now: datetime, *, early: bool,
 
 async def close_due(db: Database, until: datetime | None = None, *, issuer: str = DEFAULT_ISSUER,
                     engine: Engine | None = None, customers: Sequence[str] | None = None,
-                    failures: list[tuple[str, str]] | None = None) -> list[InvoiceClosed]:
+                    failures: list[tuple[str, str]] | None = None,
+                    written: datetime | None = None) -> list[InvoiceClosed]:
     """Close every period whose grace window ended by `until` (default: now), oldest first per
     customer, until nothing is due (a customer idle for months gets one invoice per period);
     only `customers`' when given. A close refused is logged, and put in `failures` when given, as
     (customer id, reason): a refusal's own message, or for an unexpected error only that it
     happened (its text, which may show internals, is in the log).
-    Several processes may run it at once: each period is closed once, numbers stay gapless."""
+    Several processes may run it at once: each period is closed once, numbers stay gapless.
+    `written`: the clock of an early close (`until` past it), which dates its entries, when the
+    ledger wrote them, where `until` dates its invoices (their issue and number)."""
     engine = engine or Engine(db, grouping=False)
     at = until or utc_now()
     closed: list[InvoiceClosed] = []
@@ -81,7 +84,8 @@ async def close_due(db: Database, until: datetime | None = None, *, issuer: str 
             commands = [ClosePeriod(customer_id=cid, period_start=start, issuer=issuer) for cid, start in rows]
             for i in range(0, len(commands), CHUNK):
                 chunk = commands[i:i + CHUNK]
-                for command, outcome in zip(chunk, await engine.execute(chunk, now=at, each=True), strict=True):
+                outcomes = await engine.execute(chunk, now=at, each=True, written=written)
+                for command, outcome in zip(chunk, outcomes, strict=True):
                     if isinstance(outcome, InvoiceClosed):
                         closed.append(outcome)
                         found += 1

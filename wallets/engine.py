@@ -368,10 +368,11 @@ class Engine:
         await self._run(items[half:])
 
     async def execute(self, commands: Sequence[Command], *, now: datetime | None = None,
-                      each: bool = False) -> list[Any]:
+                      each: bool = False, written: datetime | None = None) -> list[Any]:
         """Run `commands` in one transaction per lane they fall in (one, from the flushers); one
         outcome each (a result, Replayed or an error). `now` overrides the clock (jobs catching
-        up, tests). With `each` (jobs: one broken item must not hold back the others), a lane's
+        up, tests); `written`, the time no entry is dated past (an early close's: Batch.written).
+        With `each` (jobs: one broken item must not hold back the others), a lane's
         batch that fails for a reason other than a domain refusal is halved as the flushers do:
         the others commit and the bad command's outcome is its error (the database unavailable,
         or too contended, fails the lane).
@@ -389,7 +390,7 @@ class Engine:
         committed = False
         for lane, indexes in sorted(by_lane.items()):
             try:
-                done = await run(lane, [commands[i] for i in indexes], now)
+                done = await run(lane, [commands[i] for i in indexes], now, written)
             except Exception as exc:
                 if not committed:
                     raise
@@ -400,28 +401,30 @@ class Engine:
                 outcomes[i] = outcome
         return outcomes
 
-    async def _each_in_lane(self, lane: int, commands: Sequence[Command], now: datetime | None) -> list[Any]:
+    async def _each_in_lane(self, lane: int, commands: Sequence[Command], now: datetime | None,
+                            written: datetime | None = None) -> list[Any]:
         """The lane's commands, halved on a failure; raises (the database unavailable, or too
         contended) only while none of them has landed: once one of the first half has, the
         second half's commands have the error as their outcome."""
         try:
-            return await self._execute_lane(lane, commands, now)
+            return await self._execute_lane(lane, commands, now, written)
         except Exception as exc:
             if is_unavailable(exc) or isinstance(exc, RetriesExhaustedError):
                 raise
             if len(commands) == 1:
                 return [exc]
             half = len(commands) // 2
-            first = await self._each_in_lane(lane, commands[:half], now)
+            first = await self._each_in_lane(lane, commands[:half], now, written)
             try:
-                second = await self._each_in_lane(lane, commands[half:], now)
+                second = await self._each_in_lane(lane, commands[half:], now, written)
             except Exception as lost:
                 if all(isinstance(outcome, BaseException) for outcome in first):
                     raise  # the first half wrote nothing either (refused, or failed, each)
                 second = [lost] * (len(commands) - half)
             return [*first, *second]
 
-    async def _execute_lane(self, lane: int, commands: Sequence[Command], now: datetime | None) -> list[Any]:
+    async def _execute_lane(self, lane: int, commands: Sequence[Command], now: datetime | None,
+                            written: datetime | None = None) -> list[Any]:
         BATCH_COMMANDS.observe(len(commands))
         customers = sorted({c.customer_id for c in commands})
 
@@ -447,7 +450,7 @@ class Engine:
                 # function: Database.leads_refused): load now, at this time
                 fresh = row is not None and at - attempt["now"] < LEAD_FRESH
                 loaded = store.loaded_from(row, attempt["params"]) if fresh else None
-                return await self._work(conn, commands, customers, at, loaded)
+                return await self._work(conn, commands, customers, at, loaded, written)
             finally:
                 _MARKS.reset(timed)
                 store.LANE.reset(token)
@@ -464,9 +467,9 @@ class Engine:
         return outcomes
 
     async def _work(self, conn: AsyncConnection, commands: Sequence[Command], customers: list[str],
-                    now: datetime, loaded: store.Loaded | None = None) -> list[Any]:
+                    now: datetime, loaded: store.Loaded | None = None, written: datetime | None = None) -> list[Any]:
         """The batch's work in its transaction; `loaded`: its load, when it came with the lock +
-        BEGIN round trip (see _execute_lane)."""
+        BEGIN round trip (see _execute_lane); `written`: no entry is dated past it (Batch.written)."""
         marks = _MARKS.get()
         if marks is None:
             marks = []  # called outside _execute_lane: nothing times it
@@ -483,7 +486,7 @@ class Engine:
                 books[cid] = found[key]
                 if w.customer.override_versions:  # parsed once per count of versions (they are only added)
                     w.overrides = await self.overrides.get(conn, cid, w.customer.override_versions)
-        batch = Batch(now, loaded, books)
+        batch = Batch(now, loaded, books, written=written)
         batch.pinned = await self._pinned_books(conn, loaded, commands)
         periods = set()
         for command in commands:

@@ -252,7 +252,7 @@ async def close_periods(state: State, data: CloseBody) -> dict[str, Any]:
     closed = await billing.close_due(state.services.db, until or now,
                                      engine=wallets.engine,
                                      customers=None if data.customer_id is None else [data.customer_id],
-                                     failures=refused)
+                                     failures=refused, written=now)
     return {"closed": [{"invoice_id": c.invoice_id, "number": c.number, "customer_id": c.customer_id,
                         "period": c.period, "total": money(c.total, c.currency),
                         "amount_due": money(c.amount_due, c.currency)}

@@ -342,3 +342,44 @@ async def test_the_readme_s_invoice_example_is_a_real_invoice_s_fields_and_figur
     assert {k: v for k, v in example.items() if k not in who_and_when} == {
         k: v for k, v in invoice.items() if k not in who_and_when}
     assert (invoice["total"], invoice["amount_due"], invoice["amount_remaining"]) == ("0.15", "0.15", "0.15")
+
+
+async def test_an_early_close_s_entry_is_dated_when_written_and_listed_in_that_window(client, scratch_url) -> None:
+    """Time is an entry's occurred_at, the moment the ledger recorded it (README, The journal), and
+    the journal's and the export's windows select on it. An early close ran at its `until` (this
+    period's end, the grace window and 1 s: weeks ahead) and dated its entry then: the rounding of
+    5 events of $0.01 and 1 input token each ($10.00 per 1M: $0.00001 each, $0.05005 in all, due
+    $0.05 once rounded half to even, $0.00005 off) was listed in no window up to the time it was written, but in
+    one weeks ahead. It is dated when written (the server's clock), the invoice still issued and
+    numbered at `until`, and `tokentill audit verify` passes."""
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    now = datetime.now(UTC)
+    created = await client.post("/v1/customers", headers=ADMIN, json={
+        "id": "early-dated", "currency": "USD", "price_book": "seed", "billing": "postpaid"})
+    assert created.status_code == 201, created.text
+    sent = await client.post("/v1/usage-events", headers=ADMIN, json=[
+        {"event_id": f"early-dated-{i}", "customer_id": "early-dated", "model": "model-a",
+         "timestamp": now.isoformat(), "usage": {"input_tokens": 1}} for i in range(5)])
+    assert sent.json()["accepted"] == 5, sent.text
+    period = period_of(now, Cycle())
+    until = period.end + timedelta(hours=1, seconds=1)
+    closed = await client.post("/v1/billing/close", headers=ADMIN, json={
+        "until": until.isoformat(), "customer_id": "early-dated", "early": True})
+    [one] = closed.json()["closed"]
+    written = datetime.now(UTC)
+    invoice = (await client.get(f"/v1/invoices/{one['invoice_id']}", headers=ADMIN)).json()
+    assert invoice["issued_at"] == until.isoformat().replace("+00:00", "Z") and invoice["amount_due"] == "0.05"
+    window = {"customer": "early-dated", "from": now.isoformat().replace("+00:00", "Z"),
+              "to": written.isoformat().replace("+00:00", "Z")}
+    listed = (await client.get("/v1/journal", headers=ADMIN, params={**window, "kind": "invoice_rounding"})).json()
+    [rounding] = listed["entries"]  # was []: dated `until`, weeks past the window
+    assert rounding["metadata"]["period"] == period.label
+    assert now <= datetime.fromisoformat(rounding["occurred_at"]) <= written
+    env = {**os.environ, "TOKENTILL_DATABASE_URL": scratch_url}
+    verify = await asyncio.to_thread(subprocess.run, [sys.executable, "-m", "api.cli", "audit", "verify"], env=env,
+                                     capture_output=True, text=True, timeout=300)
+    assert verify.returncode == 0, verify.stdout + verify.stderr

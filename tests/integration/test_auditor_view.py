@@ -172,6 +172,7 @@ async def scenario(tt: Api, url: str) -> dict:
     # what the closes will finalize, as the upcoming invoices show it now
     upcoming = {cid: await tt.get(f"/v1/customers/{cid}/invoices/upcoming") for cid in CUSTOMERS}
     until = utc(period.end + timedelta(hours=1, seconds=1))
+    closing = datetime.now(UTC)  # an early close's entries are dated when written, not at `until`
     closed = {}
     for cid in CUSTOMERS:
         [closed[cid]] = (await tt.post("/v1/billing/close", {"until": until, "customer_id": cid, "early": True}))[
@@ -200,7 +201,7 @@ async def scenario(tt: Api, url: str) -> dict:
     unfolded = {cid: await _reads(tt, cid) for cid in CUSTOMERS}
     assert await _job(url, fold_usage) > 0
     return {"now": now, "period": period, "following": following, "upcoming": upcoming, "unfolded": unfolded,
-            "previewed": previewed, "applied": applied}
+            "previewed": previewed, "applied": applied, "closing": closing}
 
 
 USAGE = "/usage?from=2026-01-01T00:00:00Z&to=2028-01-01T00:00:00Z&group_by="
@@ -259,13 +260,13 @@ PAYMENTS = ("reference,amount,currency\npay-acme-1,50.00,USD\npay-acme-2,10.00,U
 def exported(books, tmp_path_factory) -> tuple[Path, dict[str, subprocess.CompletedProcess]]:
     """What the command line makes of the books, run in two waves of processes at once (one at a
     time took most of the module's time): the exports and the reconciliation, then the checks of
-    what they wrote. The window is split at the first close, whose entries post at its own clock
-    (the hour after the period's end) while entries written after it (a payment, a refund, a late
-    settle) occur earlier."""
+    what they wrote. The window is split at the first close, whose entries are dated when written
+    (they were dated at its `until`, the hour after the period's end, so that the entries written
+    after it, a payment, a refund, a late settle, occurred before them), as those after it are."""
     _, url, facts = books
     out = tmp_path_factory.mktemp("exports")
     (out / "payments.csv").write_text(PAYMENTS)
-    cut = (facts["period"].end + timedelta(hours=1, seconds=1)).isoformat()
+    cut = facts["closing"].isoformat()
     with psycopg.connect(url) as conn:  # the head the server's seals end at, obtained apart
         (head,) = conn.execute("SELECT encode(chain_hash, 'hex') FROM seals ORDER BY id DESC LIMIT 1").fetchone()
     done = _run(url, {

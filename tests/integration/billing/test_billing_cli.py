@@ -112,3 +112,21 @@ async def test_a_billing_close_until_finer_than_a_microsecond_is_the_last_micros
     issued = await bk.db.read(lambda conn: conn.execute(text(
         "SELECT finalized_at FROM invoices WHERE customer_id = 'cli-fine'")))
     assert issued.scalar_one() == datetime(2026, 12, 1, 1, tzinfo=UTC)
+
+
+async def test_billing_close_early_dates_its_entries_when_written(bk: BillingKit, scratch_url: str) -> None:
+    """`billing close --until T --early`, T 400 days ahead, dated its entries at T: November's
+    rounding (1 call of 1 input token: $0.01 and $0.00001, due $0.01 once rounded half to even,
+    $0.00001 off) was listed by no journal window up to the time it was written. It is dated then
+    (the CLI's clock), billed in 2026-11 all the same."""
+    cid = await bk.customer("cli-early-dated", billing_mode="postpaid")
+    await bk.event(cid, "model-a", 1, 0)
+    future = (datetime.now(UTC) + timedelta(days=400)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    before = datetime.now(UTC)
+    code, out, err = await _close(scratch_url, "--until", future, "--early")
+    after = datetime.now(UTC)
+    assert code == 0 and "  cli-early-dated  2026-11  " in out, out + err
+    [(at, period)] = (await bk.db.read(lambda conn: conn.execute(text(
+        "SELECT occurred_at, metadata ->> 'period' FROM journal_entries "
+        "WHERE customer_id = 'cli-early-dated' AND kind = 'invoice_rounding'")))).all()
+    assert period == "2026-11" and before <= at <= after, (at, future)  # was `future`
