@@ -18,7 +18,7 @@ from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, kept_answer, respond, shaped, time_out
 from pricing.errors import NOT_AN_INTEGER
 from wallets.budgets import MAX_PER_CUSTOMER, BudgetChange, BudgetSpec, valid
-from wallets.core.budgets import BudgetView, figure
+from wallets.core.budgets import ZONED, BudgetView, figure
 from wallets.errors import NotFoundError, WalletValidationError
 from wallets.model import Budget
 
@@ -78,7 +78,7 @@ class BudgetResponse(msgspec.Struct):
     limit: str | int
     mode: str
     thresholds: list[int]
-    time_zone: str
+    time_zone: str | None  # a day's or a month's; null for a request, minute or lifetime window
     currency: str
     used: str | int
     held: str | int
@@ -98,7 +98,8 @@ def budget_response(v: BudgetView) -> BudgetResponse:
     b = v.budget
     return BudgetResponse(
         b.id, b.customer_id, b.name, b.api_key, b.model, dict(b.dimensions), b.window, b.metric,
-        figure(b, b.limit, v.currency), b.mode, list(b.thresholds), b.time_zone, v.currency,
+        figure(b, b.limit, v.currency), b.mode, list(b.thresholds), b.time_zone if b.window in ZONED else None,
+        v.currency,
         figure(b, v.used, v.currency), figure(b, v.held, v.currency),
         figure(b, max(0, b.limit - v.used - v.held), v.currency), time_out(v.window_start), time_out(v.resets_at),
         time_out(b.created_at) or "", b.set_by)

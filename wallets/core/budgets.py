@@ -29,6 +29,7 @@ from wallets.model import Budget, Reservation, Wallet
 from wallets.periods import new_zone
 
 WINDOWS = ("request", "minute", "day", "month", "lifetime")
+ZONED = ("day", "month")  # the windows that begin in a time zone: the others take and show none
 METRICS = ("money", "tokens", "input_tokens", "output_tokens", "requests")
 MODES = ("hard", "soft")
 NOT_WILDCARDS = "?["  # refused in a budget's model: `*` is its one wildcard (fnmatch would take these too)
@@ -160,7 +161,7 @@ def figure(b: Budget, units: int, currency: str) -> str | int:
 
 
 def _describe(b: Budget, currency: str, used: int, held: int, start: datetime) -> dict[str, Any]:
-    end = window_end(b, start) if b.window in ("day", "month") else None
+    end = window_end(b, start) if b.window in ZONED else None
     return {"budget_id": b.id, "budget_name": b.name, "metric": b.metric, "window": b.window, "mode": b.mode,
             "limit": figure(b, b.limit, currency), "used": figure(b, used, currency),
             "held": figure(b, held, currency), "currency": currency,
@@ -378,7 +379,7 @@ def validate(window: str, metric: str, mode: str, limit: int, thresholds: Iterab
     marks = list(thresholds)
     if any(not 1 <= t <= 1000 for t in marks) or len(set(marks)) != len(marks):
         raise WalletValidationError("thresholds", "distinct percentages of the limit, from 1 to 1000")
-    if time_zone is not None and window not in ("day", "month"):  # kept, shown, and changing nothing
+    if time_zone is not None and window not in ZONED:  # kept, shown, and changing nothing
         raise WalletValidationError("time_zone", f"only a day or a month begins in a time zone: a {window} "
                                     "budget takes none")
     if time_zone is not None:
