@@ -42,7 +42,7 @@ from fnmatch import fnmatchcase
 
 from pricing.ambiguity import HOURS, ambiguity_errors, is_pattern
 from pricing.ambiguity import patterns_may_overlap as patterns_may_overlap  # used by overrides
-from pricing.errors import NOT_AN_INTEGER, PriceBookValidationError, UnpricedModelError, field_error
+from pricing.errors import NOT_AN_INTEGER, PriceBookValidationError, UnpricedModelError, field_error, wire_time
 from pricing.money import DEFAULT_SCALE, to_decimal
 from pricing.rule_fields import PromptTier as PromptTier
 from pricing.rule_fields import checked_price, format_errors, in_hours, normalize_format_2, window_errors
@@ -396,5 +396,5 @@ class PriceBook:
             raise TypeError("usage time must be an aware datetime")
         i = bisect_right(self._starts, at)
         if i == 0:
-            raise UnpricedModelError(f"price book {self.id} has no version in force at {at.isoformat()}")
+            raise UnpricedModelError(f"price book {self.id} has no version in force at {wire_time(at)}")
         return self.versions[i - 1]

@@ -6,6 +6,13 @@ The API layer maps codes to HTTP statuses; nothing here knows about HTTP.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+
+
+def wire_time(at: datetime) -> str:
+    """A time in an answer, an event or a refusal, spelled as the API spells every time: RFC 3339 UTC
+    with Z (refusals and events said +00:00 beside the Z of the answers and of the webhook's timestamp)."""
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 class PricingError(Exception):

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from pricing.books import REPORTED_DIMENSIONS, DimValue, PriceBook, PriceVersion, Rule, model_rank, per_units
-from pricing.errors import InvalidUsageError, UnpricedModelError, field_error
+from pricing.errors import InvalidUsageError, UnpricedModelError, field_error, wire_time
 from pricing.fast_rating import CACHE_LIMIT, charges_requests, dims_key
 from pricing.money import DEFAULT_SCALE, discount_unit, per_amount, pricing_context
 from pricing.overrides import Overrides
@@ -51,7 +51,7 @@ def _version(book_or_version: PriceBook | PriceVersion, at: datetime) -> PriceVe
     if isinstance(book_or_version, PriceBook):
         return book_or_version.version_at(at)
     if at < book_or_version.effective_from:
-        raise UnpricedModelError(f"version {book_or_version.version} is not in force at {at.isoformat()}")
+        raise UnpricedModelError(f"version {book_or_version.version} is not in force at {wire_time(at)}")
     return book_or_version
 
 

@@ -33,7 +33,7 @@ from pricing.books import (
     Tier,
     per_units,
 )
-from pricing.errors import InvalidUsageError, UnpricedModelError
+from pricing.errors import InvalidUsageError, UnpricedModelError, wire_time
 from pricing.fast_rating import rate_call_fast
 from pricing.lines import TOKEN_ORDER, Line, Rating, call_tokens, line_note, prompt_size
 from pricing.money import DEFAULT_SCALE, discount_unit, per_amount, pricing_context, round_entry, to_decimal
@@ -190,7 +190,7 @@ def rate(
         if item.occurred_at < version.effective_from:
             raise UnpricedModelError(
                 f"version {version.version} of {version.book_id} is not in force at "
-                f"{item.occurred_at.isoformat()}", model=item.model)
+                f"{wire_time(item.occurred_at)}", model=item.model)
     overrides = overrides or _NO_OVERRIDES
     if isinstance(period_to_date, PeriodToDate):
         ptd = period_to_date

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import msgspec
 
+from pricing.errors import wire_time as wire_time  # in pricing: its refusals write times so too
 from wallets.core.decision import OutboxEvent
 from wallets.core.idempotency import Kept
 from wallets.core.rating import PeriodUsage
@@ -138,7 +139,3 @@ class State(msgspec.Struct, frozen=True):
             **payload})
 
 
-def wire_time(at: datetime) -> str:
-    """A time in an answer or an event, spelled as the API spells every time: RFC 3339 UTC with Z
-    (refusals and events said +00:00 beside the Z of the answers and of the webhook's timestamp)."""
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
