@@ -4,10 +4,10 @@ the SDK client's; pricing.tokens keeps its own (pricing may not import ledger)."
 
 from __future__ import annotations
 
+import _thread
 import os
-import threading
+import weakref
 from collections.abc import Callable
-from typing import Any
 
 
 def in_forked_child(do: Callable[[], None]) -> None:
@@ -16,26 +16,20 @@ def in_forked_child(do: Callable[[], None]) -> None:
         os.register_at_fork(after_in_child=do)
 
 
-class ForkSafeLock:
-    """A threading.Lock, used with `with`, that a forked child makes anew unless the forking thread
-    (the child's only one) held it: then that thread lets go of it in the child as in the parent."""
+class ForkSafeLock(_thread.RLock):
+    """threading's RLock (taken and let go in C, reentrant: new_id takes it for every id) that a
+    forked child makes anew unless the forking thread (the child's only one) held it: then that
+    thread lets go of it in the child as in the parent. Made anew at the fork, in C, the child's
+    lock has no holder nor waiter (the parent's waiters are threads the child has not)."""
 
-    __slots__ = ("_lock", "_owner")
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._owner: int | None = None  # the thread that holds it, set once taken and unset before let go
-        in_forked_child(self._in_child)
+        mine = weakref.ref(self)  # the fork hook does not keep the lock alive
 
-    def _in_child(self) -> None:
-        if self._owner != threading.get_ident():
-            self._lock, self._owner = threading.Lock(), None
+        def in_child() -> None:
+            lock = mine()
+            if lock is not None and not lock._is_owned():  # type: ignore[attr-defined]
+                lock._at_fork_reinit()  # type: ignore[attr-defined]
 
-    def __enter__(self) -> ForkSafeLock:
-        self._lock.acquire()
-        self._owner = threading.get_ident()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._owner = None
-        self._lock.release()
+        in_forked_child(in_child)

@@ -46,3 +46,45 @@ def test_a_child_forked_by_the_thread_holding_the_lock_lets_go_of_it_and_takes_i
             os._exit(1)
         os._exit(0)
     assert exit_code_of(pid, "the forked child hung on the lock its own thread held at the fork") == 0
+
+
+def test_taking_and_leaving_the_lock_runs_no_python_code():
+    """new_id takes the lock for every id (hundreds of thousands a second): a lock entered and left
+    through Python methods (7c6d0ae's __enter__/__exit__ and its owner field) cost about 0.5-1.2 µs
+    more per id than the plain lock before it. The lock is taken in C, as threading's own: a
+    profiler sees no Python call (event "call") while one is taken and let go, only C calls."""
+    import sys
+
+    from ledger.forksafe import ForkSafeLock
+
+    lock = ForkSafeLock()
+    python_calls: list[str] = []
+
+    def profile(frame, event, arg) -> None:
+        if event == "call":
+            python_calls.append(frame.f_code.co_qualname)
+
+    sys.setprofile(profile)
+    try:
+        with lock:
+            pass
+    finally:
+        sys.setprofile(None)
+    assert python_calls == []
+
+
+def test_a_thread_that_holds_the_lock_may_take_it_again():
+    """Reentrant, as an RLock: a nested use by the thread holding it goes on, where 7c6d0ae's (a
+    plain lock inside) hung that thread for ever."""
+    import threading
+
+    from ledger.forksafe import ForkSafeLock
+
+    lock, done = ForkSafeLock(), threading.Event()
+
+    def nested() -> None:
+        with lock, lock:
+            done.set()
+
+    threading.Thread(target=nested, daemon=True).start()
+    assert done.wait(10), "the thread hung taking the lock it held"
