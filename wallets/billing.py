@@ -49,11 +49,11 @@ def close_clock(until: datetime | None, now: datetime, *, early: bool,
     `until` a period's end 30 s early closed it and numbered its invoice in the next year).
     `early_as`: how the caller asks for an early close (the CLI's `--early`), named by the refusal."""
     if until is not None and until > now + CLOCK_SKEW and not early:
-        raise WalletValidationError("until", f"{until.isoformat()} is in the future: closing then would issue "
+        raise WalletValidationError("until", f"{wire_time(until)} is in the future: closing then would issue "
                                     f"invoices before their periods end; ask for it with {early_as} to close early on "
                                     "purpose (tests, simulations)")
     if until is not None and until > now + EARLY_REACH:
-        raise WalletValidationError("until", f"{until.isoformat()} is more than {EARLY_REACH.days} days ahead: "
+        raise WalletValidationError("until", f"{wire_time(until)} is more than {EARLY_REACH.days} days ahead: "
                                     "an early close numbers an invoice for every period up to it")
     return until if until is None or early or until <= now else now
 

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.model import request_hash
 from pricing.books import is_pattern, model_rank
-from pricing.errors import PriceBookValidationError, field_error
+from pricing.errors import PriceBookValidationError, field_error, wire_time
 from pricing.override_versions import OverrideHistory, history, parse_overrides
 from pricing.overrides import Overrides
 from pricing.units import NOT_TOKENS
@@ -125,7 +125,7 @@ async def add_version(conn: AsyncConnection, customer_id: str, body: Mapping[str
             at = ahead + timedelta(microseconds=1)
     if last is not None and at <= last.effective_from:
         raise PriceBookValidationError("effective_from", (
-            f"must be after {last.effective_from.isoformat()}, when version {last.version} takes effect: "
+            f"must be after {wire_time(last.effective_from)}, when version {last.version} takes effect: "
             "versions take effect in order, and what rated earlier usage never changes"))
     row = (await conn.execute(text(
         """INSERT INTO price_overrides (lane, customer_id, version, effective_from, body, body_hash)

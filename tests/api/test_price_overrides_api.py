@@ -58,6 +58,8 @@ async def test_a_version_must_take_effect_after_the_latest_one(client) -> None:
     earlier = await client.put(URL, headers=ADMIN, json={"effective_from": utc(at - timedelta(hours=1))})
     assert earlier.status_code == 422 and earlier.json()["code"] == "validation_error"
     assert earlier.json()["fields"][0]["field"] == "effective_from"
+    # the version it must follow is named as every answer writes a time: UTC with a Z
+    assert earlier.json()["fields"][0]["message"].startswith(f"must be after {utc(at)}, when version 1 takes effect")
     assert [v["version"] for v in (await client.get(URL, headers=ADMIN)).json()["versions"]] == [1]
 
 

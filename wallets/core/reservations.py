@@ -428,7 +428,7 @@ def extend(state: State, cmd: Extend, now: datetime, book: PriceBook | None) -> 
         raise ReservationClosedError(f"reservation {r.id} is already {r.status}", reservation_id=r.id,
                                      reservation_status=r.status)
     if status_at(r.status, r.expires_at, now) == chart.EXPIRED:  # the job has not released it yet: it will
-        raise ReservationClosedError(f"reservation {r.id} expired at {r.expires_at.isoformat()}",
+        raise ReservationClosedError(f"reservation {r.id} expired at {wire_time(r.expires_at)}",
                                      reservation_id=r.id, reservation_status=chart.EXPIRED)
     if not 1 <= cmd.ttl_seconds <= MAX_TTL_SECONDS:
         raise WalletValidationError("ttl_seconds", f"must be from 1 to {MAX_TTL_SECONDS} seconds")
