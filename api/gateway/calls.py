@@ -192,6 +192,16 @@ def _count(value: Any, name: str) -> int | None:
     return value
 
 
+def _choices(value: Any) -> int:
+    """A chat call's `n`: OpenAI's default 1 when not given (or null), else 1 or more (OpenAI refuses
+    n 0: "0 is less than the minimum of 1 - 'n'"; was: held as 1 choice and forwarded)."""
+    if value is None:
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_COUNT:
+        raise CallError("n", f"must be a whole number from 1 to {MAX_COUNT}")
+    return value
+
+
 @dataclass(slots=True)
 class _Prompt:
     texts: list[str]
@@ -378,7 +388,7 @@ def _output_cap(kind: str, body: dict[str, Any], default: int) -> tuple[int, boo
     # the gateway's own cap is named as such (was: "max_completion_tokens 10**15", a cap the caller never sent)
     told = f"{name} {cap}" if given else (f"the gateway's default output cap {cap} "
                                           f"(TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS; the call sets no {name})")
-    choices = (_count(body.get("n"), "n") or 1) if kind == CHAT else 1
+    choices = _choices(body.get("n")) if kind == CHAT else 1
     told = f"{choices} choices of {told}" if choices != 1 else told
     if cap * choices > MAX_QUANTITY:  # the hold would refuse it naming its own max_output_tokens
         raise CallError("n", f"holds {told}: {cap * choices} output tokens, past the {MAX_QUANTITY} a hold counts")

@@ -1540,6 +1540,9 @@ def test_an_unpaired_surrogate_in_the_dimensions_header_is_named(live, fake, giv
 @pytest.mark.parametrize(("body", "param"), [
     ({"model": "gpt-test", "messages": HI, "max_tokens": -1}, "max_tokens"),
     ({"model": "gpt-test", "messages": HI, "max_tokens": 10**12, "n": 1001}, "n"),
+    # OpenAI's n is 1 or more (n 0 was held as 1 choice and forwarded); -1 and 1.5 were refused already
+    ({"model": "gpt-test", "messages": HI, "n": 0}, "n"), ({"model": "gpt-test", "messages": HI, "n": -1}, "n"),
+    ({"model": "gpt-test", "messages": HI, "n": 1.5}, "n"),
     # a field inside one: its top-level field, as OpenAI names `messages` for a message's fault
     ({"model": "gpt-test", "messages": [{"role": "user", "content": "\ud800"}]}, "messages"),
     ("not json", None)])

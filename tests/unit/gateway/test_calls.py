@@ -109,6 +109,18 @@ def test_an_output_cap_too_large_to_hold_names_the_fields_the_call_gave(cap, fie
     assert call(CHAT, {"model": "gpt-4", "messages": HI, "max_tokens": 10**12, "n": 1000}).max_output_tokens == 10**15
 
 
+@pytest.mark.parametrize("n", [0, -1, 1.5, 2.0, "2", True])
+def test_n_that_is_not_a_whole_number_of_1_or_more_is_refused_naming_n(n):
+    """OpenAI's chat completions take n from 1 (n 0: 400 "0 is less than the minimum of 1 - 'n'").
+    Was: n 0 was held as 1 choice (`or 1`) and forwarded, for the provider to refuse after the
+    hold; now n 0 is refused as a negative or fractional n was, naming n, nothing held. n null
+    is OpenAI's default, 1 choice."""
+    with pytest.raises(CallError) as raised:
+        call(CHAT, {"model": "gpt-4", "messages": HI, "max_tokens": 10, "n": n})
+    assert raised.value.field == "n" and raised.value.message == "must be a whole number from 1 to 1000000000000"
+    assert call(CHAT, {"model": "gpt-4", "messages": HI, "max_tokens": 10, "n": None}).max_output_tokens == 10
+
+
 def test_n_choices_of_the_gateways_own_cap_past_a_hold_name_that_cap_not_a_field_the_call_gave():
     """A call that sets no cap is held for the gateway's (TOKENTILL_GATEWAY_MAX_OUTPUT_TOKENS, at
     most 10**15): with n 2 that is 2 * 10**15 output tokens. Was: "holds 2 choices of
