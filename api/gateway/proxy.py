@@ -338,6 +338,10 @@ class Exchange:
         s = self.gw.settings
         self.betas = allowed_betas(self.scope, self.headers, self.provider,
                                    s.anthropic_betas if self.provider == "anthropic" else s.openai_betas)
+        coding = self.headers.get("content-encoding", "").strip()
+        if coding.lower() not in ("", "identity"):  # was ignored: gzip read as "not JSON", a plain body taken
+            raise Refusal(415, "unsupported_media_type",
+                          f"Content-Encoding {coding} is not supported: send the body uncompressed")
         body = await self._body()
         customer = customer_of(principal, self.headers.get("x-tokentill-customer"))
         raw = self._dimensions()

@@ -8,11 +8,12 @@ import msgspec
 
 OPENAI_TYPES = {400: "invalid_request_error", 401: "invalid_request_error", 402: "insufficient_funds",
                 403: "permission_error", 404: "invalid_request_error", 409: "invalid_request_error",
-                413: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_exceeded"}
+                413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
+                429: "rate_limit_exceeded"}
 ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error", 402: "billing_error",
                    403: "permission_error", 404: "not_found_error", 409: "invalid_request_error",
-                   413: "request_too_large", 422: "invalid_request_error", 429: "rate_limit_error",
-                   503: "overloaded_error", 504: "timeout_error"}
+                   413: "request_too_large", 415: "invalid_request_error", 422: "invalid_request_error",
+                   429: "rate_limit_error", 503: "overloaded_error", 504: "timeout_error"}
 
 
 def error_body(provider: str, status: int, code: str, message: str, details: dict[str, Any] | None = None,
