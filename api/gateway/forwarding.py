@@ -13,7 +13,7 @@ import httpx
 from prometheus_client import Counter
 
 from api.gateway.calls import CHAT, Call
-from api.gateway.settles import refused_usage, settle_record
+from api.gateway.settles import refused_usage, settle_record, unread_answer
 from api.gateway.shapes import Refusal, stream_error_event
 from api.gateway.streams import (
     EventSplitter,
@@ -215,8 +215,13 @@ class Forwarding:
         if body is None:
             return
         self.tally.observe_answer(body)
-        charged = await self.finish(answer_settlement(self.call.kind, body, self.x.gw.counter, self.call.model,
-                                                      self.call.prompt_raw_tokens, self.tally), wait=self._waits())
+        settlement = answer_settlement(self.call.kind, body, self.x.gw.counter, self.call.model,
+                                       self.call.prompt_raw_tokens, self.tally)
+        if settlement is None:  # no JSON object (text/html): answered all the same, charged as one of an
+            # unexpected shape is, its prompt (was: released, the answer passed through for nothing)
+            self.refused = unread_answer(len(body), response.headers.get("content-type", ""))
+            settlement = "usage", {"input_tokens": self.call.prompt_raw_tokens}
+        charged = await self.finish(settlement, wait=self._waits())
         headers = [*self._upstream_headers(response), self._reserved()]
         if charged is not None:
             headers.append((b"x-tokentill-charged", money(charged, self.reservation.currency).encode()))

@@ -118,6 +118,14 @@ def refused_usage(form: str, usage: Any, reason: str) -> dict[str, Any]:
     return {"form": form, **kept, "reason": reason[:1000]}
 
 
+def unread_answer(size: int, content_type: str) -> dict[str, Any]:
+    """Why a whole answer of 200 that is no JSON object (an HTML page, say) was charged the prompt
+    as counted, as its charge's record keeps it in refused_usage: no usage could be read in it."""
+    return {"form": "answer", "reported_bytes": size,
+            "reason": f"the answer is not a JSON object (Content-Type {content_type[:200]}): "
+                      "charged the prompt as counted"}
+
+
 def with_refused(stored: dict[str, Any], refused: Any) -> dict[str, Any]:
     """The usage record of a settle with the provider's usage it was metered in place of, if any
     (refused_usage): the customer pays the metered output with the reading it set aside on record."""

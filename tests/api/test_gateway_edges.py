@@ -262,6 +262,41 @@ def test_a_whole_answer_of_an_unexpected_shape_without_usage_is_charged_its_prom
     _billed(url, cid, raw.headers["x-tokentill-request-id"], prompt)
 
 
+@pytest.mark.parametrize(("content_type", "data"), [
+    (b"text/html; charset=utf-8", b"<html><body>Bad gateway, maybe, but 200</body></html>"),
+    (b"application/json", b"<html>not JSON</html>"),  # labelled JSON, which it is not
+    (b"application/json", b"[1, 2]")])  # JSON, not an object
+def test_a_whole_answer_that_is_no_json_object_is_charged_its_prompt_saying_why(live, upstream, content_type, data):
+    """A whole call answered 200 with a body that is neither a JSON object nor an event stream
+    (an HTML page, say): the upstream answered, and bills at least the prompt it read. Was:
+    released, x-tokentill-charged 0, the answer passed through for nothing. Now charged the
+    prompt as counted, as a JSON answer of an unexpected shape is
+    (test_a_whole_answer_of_an_unexpected_shape_without_usage_is_charged_its_prompt: 8 tokens at
+    $10 per 1M plus the $0.001 a call), its usage record saying why (`refused_usage`, form
+    "answer", the body's size and the reason)."""
+    url, _ = live
+    cid, key = customer(live)
+
+    async def odd(send: Any, receive: Any) -> None:
+        await start(send, content_type, len(data))
+        await body(send, data, more=False)
+
+    raw = httpx.post(f"{url}/openai/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                     json={"model": model(upstream, odd), "messages": HI}, timeout=30)
+    assert raw.status_code == 200 and raw.content == data
+    prompt = (8 * IN) / M + CALL  # "user" and "hi", 3 a message, 3 for the reply; no output metered
+    assert prompt == Decimal("0.00108")
+    rid = raw.headers["x-tokentill-request-id"]
+    assert Decimal(raw.headers["x-tokentill-charged"]) == prompt
+    _billed(url, cid, rid, prompt)
+    record = charge_usage(url, rid)
+    assert record["canonical"]["input_tokens"] == 8 and record["canonical"]["output_tokens"] == 0
+    assert record["refused_usage"] == {
+        "form": "answer", "reported_bytes": len(data),
+        "reason": f"the answer is not a JSON object (Content-Type {content_type.decode()}): "
+                  "charged the prompt as counted"}
+
+
 def test_a_fault_of_the_gateways_own_mid_stream_charges_what_was_generated_and_closes_the_hold(
         live, upstream, monkeypatch):
     url, _ = live
