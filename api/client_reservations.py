@@ -20,13 +20,7 @@ from api.client_errors import ReservationClosed, SettlementSpooled, TokentillErr
 from api.delivery import NOT_SENT, proxy_gave_up, seconds_until
 from api.stream_texts import choice_texts_of_event
 from pricing.errors import InvalidUsageError
-from pricing.normalize import (
-    TIER_FIELDS,
-    normalize_anthropic,
-    normalize_canonical,
-    normalize_gemini,
-    normalize_openai,
-)
+from pricing.normalize import TIER_FIELDS, USAGE_FORMS
 from pricing.tokens import TokenCounter
 
 log = logging.getLogger("tokentill.client")
@@ -346,16 +340,13 @@ def report_orphaned_exit(task: asyncio.Task[Any]) -> None:
         log.warning("a settle or release after its caller was cancelled: %s", error)
 
 
-NORMALIZE = {"usage": normalize_canonical, "openai_usage": normalize_openai,
-             "anthropic_usage": normalize_anthropic, "gemini_usage": normalize_gemini}
-
-
 def checked_usage(usage: dict[str, Any], call: str = "record") -> dict[str, Any]:
     """`usage` ({form: object}), once the server's own rules take it: else a ValueError naming the
-    field, where it is recorded (a settle the server refuses leaves the call unbilled)."""
+    field, where it is recorded (a settle the server refuses leaves the call unbilled). Read as the
+    server reads it, by the same function (USAGE_FORMS), from its JSON (a tuple is sent as a list)."""
     [(form, value)] = usage.items()
     try:
-        NORMALIZE[form](value)
+        USAGE_FORMS[form](json.loads(json.dumps(value)))
     except InvalidUsageError as exc:
         raise ValueError(f"{call}({form}=...): the server would refuse it: {exc}") from None
     return usage
@@ -365,7 +356,7 @@ def queued_settle(body: dict[str, Any]) -> dict[str, Any]:
     """A settle's body (settle_call's) about to be queued, once the server takes its usage
     (checked_usage), else a ValueError at the call: queued, its refusal came back from the bulk
     call and went to `.rejected`, the call never billed and its caller told it was queued."""
-    [form] = [name for name in body if name in NORMALIZE]
+    [form] = [name for name in body if name in USAGE_FORMS]
     checked_usage({form: body[form]}, "settle")
     return body
 

@@ -390,3 +390,8 @@ def _read_canonical(usage: Mapping[str, Any]) -> NormalizedUsage:
     # not a call that used nothing: that one says so with zeros.
     r.check(any(usage.get(name) is not None for name in _COUNTED_FIELDS), "usage", NO_COUNT)
     return _result(r, "canonical", counts, r.tier("service_tier"), geo=r.tier("inference_geo"))
+
+
+# each usage form of a settle or usage event by its field: the one table the server's reading and the SDK's check use
+USAGE_FORMS = {"usage": normalize_canonical, "openai_usage": normalize_openai,
+               "anthropic_usage": normalize_anthropic, "gemini_usage": normalize_gemini}

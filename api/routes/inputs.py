@@ -7,14 +7,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from pricing.errors import InvalidUsageError
-from pricing.normalize import (
-    UNSPLIT,
-    normalize_anthropic,
-    normalize_canonical,
-    normalize_gemini,
-    normalize_openai,
-    plain_canonical_counts,
-)
+from pricing.normalize import UNSPLIT, USAGE_FORMS, plain_canonical_counts
 from pricing.usage import check_count
 
 Kept = TypeVar("Kept")
@@ -73,9 +66,7 @@ def usage_tokens(usage: Mapping[str, Any] | None, openai_usage: Mapping[str, Any
     if len(given) != 1:
         raise InvalidUsageError("usage", "give exactly one of usage, openai_usage, anthropic_usage or gemini_usage")
     name, value = next(iter(given.items()))
-    normalize = {"usage": normalize_canonical, "openai_usage": normalize_openai,
-                 "anthropic_usage": normalize_anthropic, "gemini_usage": normalize_gemini}[name]
-    normalized = normalize(value)
+    normalized = USAGE_FORMS[name](value)
     stored = {"source": name, "reported": dict(value), "canonical": normalized.as_usage_fields()}
     if normalized.dimensions():  # the provider's word on the tier (and where it ran) prices it
         stored["dimensions"] = normalized.dimensions()

@@ -274,7 +274,7 @@ def _read_as_before_9bf37b7(monkeypatch) -> None:
     """The server before 9bf37b7: a gemini_usage giving none of Gemini's counts read as zeros."""
     def zeros_when_none(metadata):
         return normalize_gemini({"promptTokenCount": 0, **metadata})
-    monkeypatch.setattr(inputs, "normalize_gemini", zeros_when_none)
+    monkeypatch.setitem(inputs.USAGE_FORMS, "gemini_usage", zeros_when_none)
 
 
 async def test_a_settle_kept_before_gemini_usage_was_checked_replays_its_answer(client, customer, tag, monkeypatch):
