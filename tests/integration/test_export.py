@@ -198,6 +198,38 @@ def test_a_window_in_jsonl_carries_whole_seals_and_verifies(chain_url, tmp_path)
     assert verified.returncode == 0, verified.stdout
 
 
+# Seals of the chain ledger: entries 0-299, 300-599, 600-869 (entry n at n seconds into 2026); 870-899 unsealed.
+@pytest.mark.parametrize(("bounds", "entries", "genesis", "cautioned"), [
+    ((), 900, True, False),  # whole
+    (("--from", "2026-01-01T00:00:00Z", "--to", "2026-01-01T00:00:01Z"), 300, True, False),  # the first entry
+    (("--to", "2026-01-01T00:05:00Z"), 300, True, False),  # up to entry 300, exactly at `to`: not in it
+    (("--from", "2026-01-01T00:05:00Z", "--to", "2026-01-01T00:05:01Z"), 300, False, True),  # entry 300 at `from`
+    (("--from", "2026-01-01T00:14:30Z", "--to", "2026-01-01T00:14:31Z"), 1, False, True),  # unsealed 870 at `from`
+    (("--from", "2026-01-01T00:14:29Z"), 300, False, True),  # to the head: seal 3 (entry 869) and the 30 unsealed
+    # empty (no seal: cautioned as before eee683f, "the seals before its first", of which it has none)
+    (("--from", "2026-01-01T00:05:00Z", "--to", "2026-01-01T00:05:00Z"), 0, False, True),
+    (("--from", "2027-01-01T00:00:00Z"), 0, False, True),  # empty: after the last entry
+])
+def test_each_window_the_export_writes_verifies_offline_without_a_new_problem(chain_url, tmp_path, bounds, entries,
+                                                                               genesis, cautioned):
+    """(review of eee683f) The verifier now reads the header's format, version and window: every
+    file the export writes still verifies, its entries counted by hand from the seals above: a
+    window takes each seal holding one of its entries whole, and the unsealed entries of it alone,
+    [from, to) half-open. A window from the first entry is from the chain's first seal (no caution
+    unless gaps); one from a later seal is cautioned for the seals before it."""
+    path = tmp_path / "window.jsonl"
+    done = cli(chain_url, "export", "--format", "jsonl", "--out", str(path), *bounds)
+    assert done.returncode == 0, done.stderr
+    lines = path.read_text().splitlines()
+    assert len(_entries(lines)) == entries
+    verified = _verify(tmp_path, lines, "--json")
+    report = json.loads(verified.stdout)
+    assert verified.returncode == 0 and report["problems"] == [], verified.stdout
+    assert (report["entries"], report["whole"], report["from_genesis"]) == (entries, not bounds, genesis)
+    text = _verify(tmp_path, lines)
+    assert text.returncode == 0 and ("note: a window export" in text.stdout) is cautioned, text.stdout
+
+
 def _verify(tmp_path: Path, lines: list[str], *extra: str) -> subprocess.CompletedProcess:
     path = tmp_path / "edited.jsonl"
     path.write_text("\n".join(lines) + "\n")
