@@ -158,6 +158,8 @@ class Batch:
 
     def follow(self, decision: Decision) -> None:
         key = decision.entry.key if decision.entry is not None else None
+        if self.written is not None:  # an early close's lots and payments are dated when written, as its entry
+            decision = msgspec.structs.replace(decision, effects=tuple(self._dated(e) for e in decision.effects))
         for effect in decision.effects:  # lots first: the entry's postings may credit them
             if type(effect) is LotOpened:
                 self._lot_opened(effect, key, decision.entry.kind if decision.entry is not None else None)
@@ -182,6 +184,15 @@ class Batch:
                 _FOLLOW[type(effect)](self, effect, key)
         if getattr(decision.outcome.body, "entry_key", None) is not None:
             self.results.append(decision.outcome.body)  # its entry id is known once posted
+
+    def _dated(self, effect: Any) -> Any:
+        """`effect` dated no later than `written` (Batch.written): a lot the close opens (its true-up's,
+        its rounding's credit) and a payment it records (apply_unapplied, apply_corrections) were
+        dated at an early close's `until`, created in the future."""
+        if type(effect) in (LotOpened, PaymentRecorded) and self.written is not None \
+                and effect.created_at > self.written:
+            return msgspec.structs.replace(effect, created_at=self.written)
+        return effect
 
     def _billed(self, decision: Decision) -> JournalEntry:
         """The entry with the period it is billed in (in its metadata), and what it adds to that
