@@ -154,10 +154,10 @@ class _Reader:
             out[modality] = out.get(modality, 0) + count
         return out
 
-    def part(self, whole: int, part: int, name: str, whole_name: str) -> int:
+    def part(self, whole: int, part: int, name: str, whole_name: str, *also: str) -> int:
         """``part``, checked to be within ``whole``, unless ``whole`` is refused already: a detail
-        not given reads 0, and each 'exceeded' a negative total, naming fields never sent."""
-        self.check(part <= whole or self.refused(whole_name), name, f"exceeds {whole_name}")
+        not given reads 0, each 'exceeded' a refused total (or ``also``, in it), naming fields never sent."""
+        self.check(part <= whole or self.refused(name, whole_name, *also), name, f"exceeds {whole_name}")
         return part
 
     def refused(self, *names: str) -> bool:
@@ -283,7 +283,8 @@ def normalize_anthropic(usage: Mapping[str, Any]) -> NormalizedUsage:
         # total message_delta raised past message_start's split; the added ones are 5-minute writes
         # (the call's TTL unknown here), as cache_write is write - hour below, and named
         # `cache_writes_unsplit`: a settle whose reservation names its TTL takes them at it
-        r.check(five + hour <= write or r.refused("cache_creation_input_tokens"), "cache_creation",
+        r.check(five + hour <= write or r.refused(*(f"cache_creation.ephemeral_{t}_input_tokens" for t in ("5m", "1h")),
+                                                  "cache_creation_input_tokens"), "cache_creation",
                 "ephemeral_5m + ephemeral_1h must not exceed cache_creation_input_tokens")
     thinking = r.part(out, r.count("output_tokens_details", "thinking_tokens"),
                       "output_tokens_details.thinking_tokens", "output_tokens")
@@ -308,7 +309,8 @@ def normalize_gemini(usage: Mapping[str, Any]) -> NormalizedUsage:
             f"gives none of Gemini's counts ({', '.join(GEMINI_COUNTS)}): send usageMetadata in its JSON "
             'names, 0 where the call used nothing ({"promptTokenCount": 0})')
     prompt = r.count("promptTokenCount") + r.count("toolUsePromptTokenCount")
-    cached = r.part(prompt, r.count("cachedContentTokenCount"), "cachedContentTokenCount", "promptTokenCount")
+    cached = r.part(prompt, r.count("cachedContentTokenCount"), "cachedContentTokenCount", "promptTokenCount",
+                    "toolUsePromptTokenCount")
     thoughts = r.count("thoughtsTokenCount")
     candidates = r.count("candidatesTokenCount")
     modal_in = r.by_modality("promptTokensDetails")

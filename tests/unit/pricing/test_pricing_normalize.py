@@ -302,3 +302,26 @@ def test_a_refused_count_is_not_also_told_its_sum_is_wrong(normalize, usage, nam
     with pytest.raises(InvalidUsageError) as refused:
         normalize(usage)
     assert [(f["field"], f["message"]) for f in refused.value.fields] == list(named.items())
+
+
+@pytest.mark.parametrize(("normalize", "usage", "named"), [
+    (normalize_openai, {"prompt_tokens": 10, "completion_tokens": 1,
+                        "prompt_tokens_details": {"cached_tokens": 10**15 + 1}},
+     [("prompt_tokens_details.cached_tokens", "must be at most 1000000000000000")]),
+    (normalize_anthropic, {"input_tokens": 1, "output_tokens": 1,
+                           "output_tokens_details": {"thinking_tokens": 10**15 + 1}},
+     [("output_tokens_details.thinking_tokens", "must be at most 1000000000000000")]),
+    (normalize_anthropic, {"input_tokens": 1, "output_tokens": 1, "cache_creation_input_tokens": 5,
+                           "cache_creation": {"ephemeral_5m_input_tokens": 10**15 + 1}},
+     [("cache_creation.ephemeral_5m_input_tokens", "must be at most 1000000000000000")]),
+    (normalize_gemini, {"promptTokenCount": 0, "toolUsePromptTokenCount": -5},
+     [("toolUsePromptTokenCount", "must not be negative")]),
+], ids=["openai-cached-too-big", "anthropic-thinking-too-big", "anthropic-5m-too-big", "gemini-negative-tool-use"])
+def test_a_refused_part_or_a_refused_count_of_its_total_is_named_once(normalize, usage, named):
+    """After cc03700 and 9b7e8bf (review): a part refused itself (past 10^15, the most a count
+    takes) was named twice, its refusal and 'exceeds' its total; Gemini's total is promptTokenCount
+    + toolUsePromptTokenCount, so a negative toolUsePromptTokenCount named the cachedContentTokenCount
+    (0, not sent) 'exceeds promptTokenCount'."""
+    with pytest.raises(InvalidUsageError) as refused:
+        normalize(usage)
+    assert [(f["field"], f["message"]) for f in refused.value.fields] == named
