@@ -18,7 +18,7 @@ from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, kept_answer, respond, shaped, time_out
 from pricing.errors import NOT_AN_INTEGER
 from wallets.budgets import MAX_PER_CUSTOMER, BudgetChange, BudgetSpec, valid
-from wallets.core.budgets import ZONED, BudgetView, figure
+from wallets.core.budgets import ZONED, BudgetView, check_thresholds, figure
 from wallets.errors import NotFoundError, WalletValidationError
 from wallets.model import Budget
 
@@ -244,7 +244,12 @@ async def change_budget(state: State, request: Request, budget_id: FromPath[str]
     replay = await kept_answer(state.services.db, idem)
     if replay is not None:
         return respond(request, replay, CHANGED)
-    await _owned(state, request, budget_id)  # its customer (never changes): another's is not found
+    try:
+        await _owned(state, request, budget_id)  # its customer (never changes): another's is not found
+    except NotFoundError:
+        if data.thresholds is not None:  # the body as sent before what it names (422 before 404)
+            check_thresholds(data.thresholds)
+        raise
     check = _changeable(request, budget_id)
 
     def decide(b: Budget) -> BudgetChange:

@@ -225,11 +225,12 @@ async def pay_invoice(state: State, request: Request, invoice_id: FromPath[str],
     due is `overpayment`, another currency `currency_mismatch`, a fraction of the currency's minor
     unit ("4.5" yen) `invalid_amount`; paid in full, `invoice.paid` goes to the outbox."""
     data = shaped(data, PayInvoiceRequest)
+    amount = amount_in(data.amount, "amount")  # the body as sent before the invoice it names (422 before 404)
     db = state.services.db
     customer_id = await db.read(lambda conn: billing.invoice_owner(conn, invoice_id))
     ensure_owner(request, customer_id, f"invoice {invoice_id}")
     view = await db.read(lambda conn: billing.invoice(conn, invoice_id))
-    command = PayInvoice(customer_id=customer_id, invoice_id=invoice_id, amount=amount_in(data.amount, "amount"),
+    command = PayInvoice(customer_id=customer_id, invoice_id=invoice_id, amount=amount,
                          currency=data.currency or view["currency"], reference=data.reference,
                          idem=idempotency(request, data))
     return respond(request, await state.services.wallets.submit(command), PAID)

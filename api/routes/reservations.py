@@ -47,7 +47,7 @@ from wallets.commands import (
     SettleResult,
 )
 from wallets.core.idempotency import Replayed
-from wallets.errors import ConflictError, NothingKeptError, WalletValidationError
+from wallets.errors import ConflictError, NotFoundError, NothingKeptError, WalletValidationError
 
 
 class CreateReservationRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
@@ -213,7 +213,11 @@ async def settle(
     a plausibility bound is `implausible_usage` and the hold stays open, unless an admin forces it."""
     data = shaped(data, SettleRequest)
     forced_by = _forcing_key(request) if data.force else None
-    customer_id = await services_of(request).wallets.owner_of(reservation_id)
+    try:
+        customer_id = await services_of(request).wallets.owner_of(reservation_id)
+    except NotFoundError:  # the body as sent before the reservation it names (422 before 404)
+        usage_tokens(data.usage, data.openai_usage, data.anthropic_usage, data.gemini_usage)
+        raise
     ensure_owner(request, customer_id, f"reservation {reservation_id}")
     body = _settle_body(data)
     command = Settle(customer_id=customer_id, reservation_id=reservation_id,

@@ -376,14 +376,19 @@ def validate(window: str, metric: str, mode: str, limit: int, thresholds: Iterab
         raise WalletValidationError("metric", "a request is always one request: limit money or tokens per request")
     if limit <= 0:
         raise WalletValidationError("limit", "must be more than 0")
-    marks = list(thresholds)
-    if any(not 1 <= t <= 1000 for t in marks) or len(set(marks)) != len(marks):
-        raise WalletValidationError("thresholds", "distinct percentages of the limit, from 1 to 1000")
+    check_thresholds(thresholds)
     if time_zone is not None and window not in ZONED:  # kept, shown, and changing nothing
         raise WalletValidationError("time_zone", f"only a day or a month begins in a time zone: a {window} "
                                     "budget takes none")
     if time_zone is not None:
         new_zone(time_zone)
+
+
+def check_thresholds(thresholds: Iterable[int]) -> None:
+    """Refuse thresholds that are not distinct percentages of the limit from 1 to 1000."""
+    marks = list(thresholds)
+    if any(not 1 <= t <= 1000 for t in marks) or len(set(marks)) != len(marks):
+        raise WalletValidationError("thresholds", "distinct percentages of the limit, from 1 to 1000")
 
 
 @dataclass(frozen=True, slots=True)
