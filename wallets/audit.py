@@ -988,13 +988,17 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         return Check("credit_notes", True, "no re-rates in this schema (before migration 0019)")
     # read for a row `{row}` of a lane and an entry_id: its entry in that lane alone (another lane's
     # entry of the id is a forger's copy, which entry_ids names)
-    revenue = f"""SELECT -coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
+    # (the accounts of a kind read once, not once a row: an InitPlan; joined, the planner scanned
+    # every account for each entry, which grew with the customers times the re-rates)
+    revenue = f"""SELECT -coalesce(sum(p.amount), 0) FROM postings p
                    WHERE p.lane = {{row}}.lane AND p.entry_id = {{row}}.entry_id
-                     AND a.code LIKE {_literal(chart.revenue_account('%'))}"""
+                     AND p.account_id = ANY(ARRAY(SELECT id FROM accounts
+                                                   WHERE code LIKE {_literal(chart.revenue_account('%'))}))"""
     # what a note's entry posted to the rounding account (its money rounded to whole minor units)
-    rounded = f"""SELECT -coalesce(sum(p.amount), 0) FROM postings p JOIN accounts a ON a.id = p.account_id
+    rounded = f"""SELECT -coalesce(sum(p.amount), 0) FROM postings p
                    WHERE p.lane = {{row}}.lane AND p.entry_id = {{row}}.entry_id
-                     AND a.code LIKE {_literal(chart.rounding_account('%'))}"""
+                     AND p.account_id = ANY(ARRAY(SELECT id FROM accounts
+                                                   WHERE code LIKE {_literal(chart.rounding_account('%'))}))"""
     # what an entry corrected of closed periods' volume true-ups (its metadata's `true_ups`:
     # [period, rule, model, old, new]; wallets.core.rerate_true_ups)
     true_ups = """(SELECT coalesce(sum((t ->> 4)::numeric - (t ->> 3)::numeric), 0)
@@ -1048,8 +1052,9 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
                             SELECT customer_id, item, amount FROM period_rollups
                             UNION ALL
                             SELECT customer_id, unnest(items), unnest(amounts) FROM period_deltas) i
-                         WHERE item LIKE 'line:["%","volume_true_up",%'
-                           AND customer_id IN (SELECT customer_id FROM records WHERE rerate_id IS NULL)) x
+                         WHERE item LIKE 'line:["%","volume_true_up",%') x  -- (every customer's: a close's
+                                      -- record alone joins them, by hash; filtered by the records, the planner,
+                                      -- which takes them for a row, looped over them for each line)
                  WHERE l -> 7 = 'null' GROUP BY 1, 2, 3)
             SELECT format('true-up record of %s of customer %s, %s rule %s: ', CASE WHEN g.rerate_id IS NULL
                           THEN 'the close' ELSE 're-rate ' || g.rerate_id END, g.customer_id, g.period, g.rule_id)
@@ -1103,16 +1108,17 @@ async def credit_notes_tie_out(conn: AsyncConnection) -> Check:
         SELECT format('credit note %s: total %s, lines %s, its entry %s moved revenue by %s, its charges by %s',
                       n.number, n.total,
                       (SELECT sum((l ->> 'amount')::numeric) FROM jsonb_array_elements(n.content -> 'lines') l),
-                      n.entry_id, ({revenue.format(row="n")}),
-                      (SELECT sum(a.new_amount - a.old_amount) FROM charge_adjustments a WHERE a.credit_note_id = n.id)
-                      + {true_ups.format(row="n")})
+                      n.entry_id, ({revenue.format(row="n")}), a.moved + {true_ups.format(row="n")})
           FROM credit_notes n
+          -- its charges' adjustments summed once for every note (credit_note_id has no index: a
+          -- sum a note scanned them all, notes times adjustments)
+          LEFT JOIN (SELECT credit_note_id, sum(new_amount - old_amount) AS moved FROM charge_adjustments
+                      WHERE credit_note_id IS NOT NULL GROUP BY 1) a ON a.credit_note_id = n.id
          WHERE (n.content ->> 'total')::numeric * {_UNIT} <> n.total
             OR coalesce((SELECT sum((l ->> 'amount')::numeric) FROM jsonb_array_elements(n.content -> 'lines') l), 0)
                * {_UNIT} <> n.total
             OR n.total <> ({revenue.format(row="n")})
-            OR n.total IS DISTINCT FROM (SELECT sum(a.new_amount - a.old_amount) FROM charge_adjustments a
-                                          WHERE a.credit_note_id = n.id) + {true_ups.format(row="n")}
+            OR n.total IS DISTINCT FROM a.moved + {true_ups.format(row="n")}
         UNION ALL
         SELECT format('credit note %s: total %s, amount %s, amount rounding %s, but its entry %s posted %s to '
                       'the rounding account', n.number, n.content ->> 'total', n.content ->> 'amount',
