@@ -678,17 +678,24 @@ _CLOSE_ROWS = f"""
                                -- (`seq`, 0090: their adjustments' ids), or dated before it (`written`)
         SELECT lane, customer_id, period, rule_id, min(created_at) AS written, {{seq}} AS seq FROM true_up_charges
          WHERE rerate_id IS NULL GROUP BY 1, 2, 3, 4),
-    standing AS (  -- what the rule's true-up stands at, wherever billed (the close's line and corrections)
-        SELECT r.lane, r.customer_id, r.period, r.rule_id, r.written, r.seq, sum(x.amount) AS amount
-          FROM records r JOIN (
-               SELECT customer_id, substr(item, 6)::jsonb AS l, amount FROM (
-                   SELECT customer_id, item, amount FROM period_rollups
-                   UNION ALL
-                   SELECT customer_id, unnest(items), unnest(amounts) FROM period_deltas) i
-                WHERE item LIKE 'line:["%","volume_true_up",%'
-                  AND customer_id IN (SELECT customer_id FROM records)) x
-            ON x.customer_id = r.customer_id AND x.l ->> 0 = r.period AND x.l ->> 4 = r.rule_id AND x.l -> 7 = 'null'
-         GROUP BY 1, 2, 3, 4, 5, 6),
+    standing AS (  -- what the rule's true-up stands at, wherever billed (the close's line and corrections):
+                   -- each record with the sum of its lines, a record without any left out (as a join and a
+                   -- sum would, but in one sort: the planner, which takes the lines for a row, looped over
+                   -- every record for each line, parsing it each time)
+        SELECT lane, customer_id, period, rule_id, written, seq, amount FROM (
+            SELECT u.*, sum(u.line) OVER w AS amount, sum(u.n) OVER w AS lines
+              FROM (SELECT lane, customer_id, period, rule_id, written, seq, NULL::numeric AS line, 0 AS n
+                      FROM records
+                    UNION ALL
+                    SELECT NULL, customer_id, l ->> 0, l ->> 4, NULL, NULL, amount, 1 FROM (
+                        SELECT customer_id, substr(item, 6)::jsonb AS l, amount FROM (
+                            SELECT customer_id, item, amount FROM period_rollups
+                            UNION ALL
+                            SELECT customer_id, unnest(items), unnest(amounts) FROM period_deltas) i
+                         WHERE item LIKE 'line:["%","volume_true_up",%') x
+                     WHERE l -> 7 = 'null') u
+            WINDOW w AS (PARTITION BY u.customer_id, u.period, u.rule_id)) s
+         WHERE lane IS NOT NULL AND lines > 0),
     corrected AS (  -- what the re-rates corrected of it (old - new: given back), with or without an entry,
                     -- in the record's lane (another lane's entry of the customer is a forger's)
         SELECT lane, customer_id, u ->> 0 AS period, u ->> 1 AS rule_id,
@@ -884,15 +891,17 @@ _CLOSE_PAYERS = f"""
               LEFT JOIN journal_entries j ON j.key = 'true-up:' || r.customer_id || ':' || r.period
                AND j.lane = r.lane AND j.kind = 'volume_true_up'
              CROSS JOIN LATERAL (
-                   SELECT coalesce(-sum(p.amount) FILTER (WHERE p.amount < 0 AND a.code = r.payer), 0)
+                   SELECT coalesce(-sum(p.amount) FILTER (WHERE p.amount < 0 AND p.code = r.payer), 0)
                           + CASE WHEN j.metadata ? 'closed_lots'
                                  THEN coalesce((j.metadata -> 'closed_lots' ->> r.payer)::numeric, 0)
-                                 ELSE coalesce(-sum(p.amount) FILTER (WHERE p.amount < 0 AND a.code <> r.payer), 0)
+                                 ELSE coalesce(-sum(p.amount) FILTER (WHERE p.amount < 0 AND p.code <> r.payer), 0)
                             END AS posted
-                     FROM postings p JOIN accounts a ON a.id = p.account_id
-                    WHERE p.lane = j.lane AND p.entry_id = j.id
-                      AND (a.code = r.payer OR a.code LIKE {_literal(chart.promotions_account('%'))}
-                           OR a.code LIKE {_literal(chart.breakage_account('%'))})) x
+                     -- each posting's account looked up by its id (joined on that OR, the planner
+                     -- scanned every account for each record: records times accounts)
+                     FROM (SELECT p.amount, (SELECT code FROM accounts WHERE id = p.account_id) AS code
+                             FROM postings p WHERE p.lane = j.lane AND p.entry_id = j.id) p
+                    WHERE p.code = r.payer OR p.code LIKE {_literal(chart.promotions_account('%'))}
+                          OR p.code LIKE {_literal(chart.breakage_account('%'))}) x
              CROSS JOIN LATERAL (  -- all it credited but revenue and rounding; whether `posted` is exact
                    SELECT coalesce(-sum(p.amount) FILTER (WHERE p.amount < 0), 0) AS credited,
                           coalesce(j.metadata ? 'closed_lots', false) OR NOT coalesce(bool_or(
