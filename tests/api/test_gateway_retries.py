@@ -194,14 +194,14 @@ def reserve_faults(monkeypatch: Any, match: Callable[[Reserve], bool], plan: lis
     original = Engine._execute_lane
     tries: list[str] = []
 
-    async def execute_lane(self: Engine, lane: int, commands: Any, now: Any) -> list[Any]:
+    async def execute_lane(self: Engine, lane: int, commands: Any, now: Any, written: Any = None) -> list[Any]:
         if not any(isinstance(c, Reserve) and match(c) for c in commands):
-            return await original(self, lane, commands, now)
+            return await original(self, lane, commands, now, written)
         what = plan[len(tries)] if len(tries) < len(plan) else "ok"
         tries.append(what)
         if what == "down":
             raise psycopg.OperationalError("connection failed: server closed the connection unexpectedly")
-        outcomes = await original(self, lane, commands, now)
+        outcomes = await original(self, lane, commands, now, written)
         if what == "lost":
             raise psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly")
         return outcomes
