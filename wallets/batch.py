@@ -49,7 +49,7 @@ from wallets.core.decision import (
 from wallets.core.idempotency import Replayed
 from wallets.core.rating import billing_period
 from wallets.core.state import InvoiceDue, RulePaid, Unapplied
-from wallets.errors import BODY_REFUSALS, NOT_KEPT, ConflictError
+from wallets.errors import BODY_REFUSALS, NO_ANSWER_KEPT, ConflictError
 from wallets.model import BudgetHold, Hold, Lot, Reservation
 
 __all__ = ["Batch", "billing_period"]
@@ -59,6 +59,17 @@ __all__ = ["Batch", "billing_period"]
 # a credit note's, wallets.core.rerating).
 ROUNDS = frozenset({"invoice_rounding", "volume_true_up", "rerate_adjustment"})
 ROUNDING = chart.rounding_account("")
+# The outcomes keep_answers keeps no answer for: one already kept (Replayed), and NO_ANSWER_KEPT
+_NOT_TO_KEEP = (Replayed, *NO_ANSWER_KEPT)
+
+
+def _dated(effect: Any, written: datetime) -> Any:
+    """`effect` dated no later than `written` (Batch.written, when set): a lot the close opens (its
+    true-up's, its rounding's credit) and a payment it records (apply_unapplied, apply_corrections)
+    were dated at an early close's `until`, created in the future."""
+    if type(effect) in (LotOpened, PaymentRecorded) and effect.created_at > written:
+        return msgspec.structs.replace(effect, created_at=written)
+    return effect
 
 
 @dataclass(slots=True)
@@ -144,7 +155,7 @@ class Batch:
         (NOT_KEPT), with the batch's effects (once posted: answers carry entry ids)."""
         for command, outcome in zip(commands, outcomes, strict=True):
             idem = command.idem
-            if idem is not None and not isinstance(outcome, (Replayed, ConflictError, *NOT_KEPT)) \
+            if idem is not None and not isinstance(outcome, _NOT_TO_KEEP) \
                     and (idem.scope, idem.key) not in self.loaded.idempotency:  # kept once: its first answer
                 self.add("idempotency", answers.row(idem.scope, idem.key, idem.request_hash,
                                                     *answers.answer(outcome)))
@@ -158,8 +169,8 @@ class Batch:
 
     def follow(self, decision: Decision) -> None:
         key = decision.entry.key if decision.entry is not None else None
-        if self.written is not None:  # an early close's lots and payments are dated when written, as its entry
-            decision = msgspec.structs.replace(decision, effects=tuple(self._dated(e) for e in decision.effects))
+        if (written := self.written) is not None:  # an early close's lots and payments: dated when written
+            decision = msgspec.structs.replace(decision, effects=tuple(_dated(e, written) for e in decision.effects))
         for effect in decision.effects:  # lots first: the entry's postings may credit them
             if type(effect) is LotOpened:
                 self._lot_opened(effect, key, decision.entry.kind if decision.entry is not None else None)
@@ -184,15 +195,6 @@ class Batch:
                 _FOLLOW[type(effect)](self, effect, key)
         if getattr(decision.outcome.body, "entry_key", None) is not None:
             self.results.append(decision.outcome.body)  # its entry id is known once posted
-
-    def _dated(self, effect: Any) -> Any:
-        """`effect` dated no later than `written` (Batch.written): a lot the close opens (its true-up's,
-        its rounding's credit) and a payment it records (apply_unapplied, apply_corrections) were
-        dated at an early close's `until`, created in the future."""
-        if type(effect) in (LotOpened, PaymentRecorded) and self.written is not None \
-                and effect.created_at > self.written:
-            return msgspec.structs.replace(effect, created_at=self.written)
-        return effect
 
     def _billed(self, decision: Decision) -> JournalEntry:
         """The entry with the period it is billed in (in its metadata), and what it adds to that

@@ -210,3 +210,6 @@ BODY_REFUSALS = (WalletValidationError, SubMinorAmountError, CurrencyMismatchErr
 # request, and may send the corrected one under the same key (the same one is decided again). Every
 # other refusal (insufficient_funds, budget_exceeded, ...) is kept and replays as first answered.
 NOT_KEPT = BODY_REFUSALS
+# Outcomes under a key whose answer is not kept: a conflict (the key holds another body's answer)
+# and a refusal of the request as sent (NOT_KEPT); one tuple, not built per keyed command.
+NO_ANSWER_KEPT = (ConflictError, *NOT_KEPT)

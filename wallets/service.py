@@ -29,7 +29,7 @@ from wallets.customer_changes import CustomerChange, change_customer, changes_of
 from wallets.engine import ACCOUNTS_LOCK, Engine, customer_lock, lane_lock, utc_now
 from wallets.errors import (
     BODY_REFUSALS,
-    NOT_KEPT,
+    NO_ANSWER_KEPT,
     ConflictError,
     CustomerExistsError,
     NotFoundError,
@@ -129,7 +129,7 @@ async def run_once(db: Database, idem: IdemKey | None, work: Callable[[AsyncConn
         try:
             outcome: Any = await work(conn)
         except (LedgerError, PricingError) as exc:
-            if idem is None or isinstance(exc, (ConflictError, *NOT_KEPT)):
+            if idem is None or isinstance(exc, NO_ANSWER_KEPT):
                 raise
             refused.append(exc)
             outcome = exc
