@@ -46,6 +46,12 @@ ANTHROPIC_URL = "https://api.anthropic.com"  # what the anthropic SDK takes as b
 # PostgreSQL's interval cannot hold, a gateway read timeout of 1e400 s no float at all.
 MOST_SECONDS = 365 * 86_400
 
+# The longest a whole answer waits for its settle's charge (settle mode "wait"; api.gateway.settles),
+# and so the least a hold must outlast the upstream's longest silence by: a hold shorter than the
+# read timeout (TOKENTILL_GATEWAY_HOLD_SECONDS=1 beside 600 s) expired while the upstream could
+# still answer, unless each renewal came in time, and gave its money back before the settle.
+SETTLE_MARGIN_SECONDS = 10
+
 
 def digits(text: str) -> bool:
     """Whether `text` is ASCII digits alone: int() also reads any Unicode digit (٤ is 4), `_`
@@ -91,7 +97,8 @@ class GatewaySettings:
     # api.gateway.tools
     server_tool_max_uses: int = SERVER_TOOL_MAX_USES
     server_tool_result_tokens: int = SERVER_TOOL_RESULT_TOKENS
-    hold_seconds: int = 600  # a gateway reservation's TTL: longer than any call should take
+    # a gateway reservation's TTL: at least the read timeout and the settle margin (600 + 10)
+    hold_seconds: int = 610
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 600.0  # the longest an upstream may stay silent (between stream events too)
     connect_retries: int = 2  # retried only when the connection failed: the request was never sent
@@ -128,10 +135,8 @@ class GatewaySettings:
             server_tool_max_uses=whole_number(env, "TOKENTILL_GATEWAY_SERVER_TOOL_MAX_USES", SERVER_TOOL_MAX_USES,
                                               most=MAX_QUANTITY),
             server_tool_result_tokens=_tool_results(env),
-            # a hold no longer than a reserve may ask for: 1e12 s put its expiry past the year 9999
-            # and every call's reserve failed in the wallet core
-            hold_seconds=whole_number(env, "TOKENTILL_GATEWAY_HOLD_SECONDS", 600, most=MAX_TTL_SECONDS),
-            read_timeout_s=float(whole_number(env, "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", 600, most=MOST_SECONDS)),
+            hold_seconds=_hold(env),
+            read_timeout_s=float(_read_timeout(env)),
             upstream_ca=_ca_file(env, "TOKENTILL_GATEWAY_UPSTREAM_CA"),
             spool_dir=env.get("TOKENTILL_SPOOL_DIR") or None,
             settle=settle_mode(env.get("TOKENTILL_GATEWAY_SETTLE") or "wait", "TOKENTILL_GATEWAY_SETTLE"),
@@ -169,6 +174,24 @@ def upstream_url(env: Mapping[str, str], name: str, default: str) -> str:
         raise SystemExit(f"{name} must be an http(s) URL with a host and no query or fragment, e.g. {default}, "
                          f"not {raw!r}")
     return raw.rstrip("/")
+
+
+def _read_timeout(env: Mapping[str, str]) -> int:
+    return whole_number(env, "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", 600, most=MOST_SECONDS)
+
+
+def _hold(env: Mapping[str, str]) -> int:
+    """A gateway call's hold: no longer than a reserve may ask for (1e12 s put its expiry past the
+    year 9999 and every call's reserve failed in the wallet core), and no shorter than the upstream
+    may stay silent plus the settle margin."""
+    hold = whole_number(env, "TOKENTILL_GATEWAY_HOLD_SECONDS", 610, most=MAX_TTL_SECONDS)
+    read = _read_timeout(env)
+    if hold < read + SETTLE_MARGIN_SECONDS:
+        raise SystemExit(f"TOKENTILL_GATEWAY_HOLD_SECONDS ({hold:,}) must be at least "
+                         f"TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS ({read:,}) + {SETTLE_MARGIN_SECONDS} (the settle "
+                         f"margin) = {read + SETTLE_MARGIN_SECONDS:,} seconds: a hold that expires while the upstream "
+                         "may still answer gives its money back to be spent before the call's settle")
+    return hold
 
 
 def _tool_results(env: Mapping[str, str]) -> int:

@@ -27,6 +27,7 @@ import msgspec
 from api.background import BackgroundSettler, item_of, item_retry_after
 from api.delivery import DURABLE_RETRY, RetryPolicy
 from api.errors import RETRY_AFTER_S, STATUS_BY_CODE
+from api.gateway.config import SETTLE_MARGIN_SECONDS
 from api.routes.inputs import usage_tokens
 from api.spool import SUFFIX, Spool, SpoolRecord, spool_dir
 from ledger.db import RetriesExhaustedError, is_unavailable
@@ -41,7 +42,7 @@ log = logging.getLogger("tokentill.gateway")
 SCOPE = "gateway"  # the idempotency scope of the gateway's settles
 RETRY = RetryPolicy(backoff_s=0.2, max_backoff_s=10.0)
 DRAIN_S = 5.0  # how long a stopping gateway waits for its queued settles
-SETTLE_WAIT_S = 10.0  # the longest an answer waits for its settle's charge (settle mode "wait")
+SETTLE_WAIT_S = float(SETTLE_MARGIN_SECONDS)  # the longest an answer waits for its settle's charge (mode "wait")
 # A gateway settle is the provider's usage of a call answered already: one past the plausibility
 # bounds (the book's context window, the maximum charge: a compaction's sampling added to the call's,
 # a prompt the hold counted short) is charged, marked forced by the gateway with the bound it passed,

@@ -51,9 +51,10 @@ def test_a_gateway_duration_past_its_bound_stops_the_start_naming_it(name, bad):
 
 
 def test_the_longest_gateway_durations_are_still_taken():
+    # the longest hold, a week (604,800 s), covers a read timeout of 604,800 - 10 (the settle margin)
     s = GatewaySettings.from_env({"TOKENTILL_GATEWAY_HOLD_SECONDS": "604800",
-                                  "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS": "31536000"})
-    assert (s.hold_seconds, s.read_timeout_s) == (604_800, 31_536_000.0)
+                                  "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS": "604790"})
+    assert (s.hold_seconds, s.read_timeout_s) == (604_800, 604_790.0)
 
 
 def test_the_betas_a_call_may_carry_are_the_default_list_or_the_operators():
@@ -138,3 +139,29 @@ def test_tool_results_the_start_takes_leave_room_for_a_prompt_beside_them():
                    counter=TokenCounter(), server_tool_max_uses=s.server_tool_max_uses,
                    server_tool_result_tokens=s.server_tool_result_tokens)
     assert c.tool_uses == (("web_search", 99_999_999_900),)
+
+
+@pytest.mark.parametrize(("env", "hold", "read"), [
+    # the default read timeout, 600 s: a hold of 1 s expired while the upstream could still be
+    # silent for 599 s more; 600 + 10 (the settle margin) = 610 s is the least taken
+    ({"TOKENTILL_GATEWAY_HOLD_SECONDS": "1"}, 1, 600),
+    ({"TOKENTILL_GATEWAY_HOLD_SECONDS": "609"}, 609, 600),
+    # 30 + 10 = 40 > 39
+    ({"TOKENTILL_GATEWAY_HOLD_SECONDS": "39", "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS": "30"}, 39, 30),
+    # a longer read timeout alone outgrows the default hold: 620 + 10 = 630 > 610
+    ({"TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS": "620"}, 610, 620),
+])
+def test_a_hold_shorter_than_the_read_timeout_and_the_settle_margin_stops_the_start_naming_both(env, hold, read):
+    with pytest.raises(SystemExit) as stopped:
+        GatewaySettings.from_env(env)
+    assert stopped.value.code == (
+        f"TOKENTILL_GATEWAY_HOLD_SECONDS ({hold:,}) must be at least TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS "
+        f"({read:,}) + 10 (the settle margin) = {read + 10:,} seconds: a hold that expires while the upstream "
+        "may still answer gives its money back to be spent before the call's settle")
+
+
+def test_a_hold_of_the_read_timeout_and_the_settle_margin_is_taken():
+    assert GatewaySettings.from_env({}).hold_seconds == 610  # 600 + 10, the defaults
+    s = GatewaySettings.from_env({"TOKENTILL_GATEWAY_HOLD_SECONDS": "40",
+                                  "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS": "30"})
+    assert (s.hold_seconds, s.read_timeout_s) == (40, 30.0)
