@@ -3,6 +3,7 @@ beside the form as it was sent, so it can be corrected (not an error page that l
 from __future__ import annotations
 
 import html
+import json
 import re
 import uuid
 from urllib.parse import urlencode
@@ -11,6 +12,7 @@ import psycopg
 import pytest
 
 from api.console import auditor
+from ledger import offline
 from tests.api.apps import api_client
 
 ADMIN_KEY = "console-audit-forms-admin"
@@ -92,7 +94,7 @@ async def test_the_journal_says_the_order_it_lists_entries_in(console):
 
 @pytest.mark.parametrize(("query", "field", "message"), [
     ({"format": "jsonl", "from": "2026-13-45", "to": ""}, "from", "a date, YYYY-MM-DD"),
-    ({"format": "csv", "from": "2026-03-10", "to": "2026-03-01"}, "to", "after the first day"),
+    ({"format": "csv", "from": "2026-03-10", "to": "2026-03-01"}, "to", "must not be before from"),
     ({"format": "xml", "from": "", "to": ""}, "format", "beancount, csv or jsonl"),
 ])
 async def test_a_refused_export_is_said_beside_its_form(console, query, field, message):
@@ -102,6 +104,30 @@ async def test_a_refused_export_is_said_beside_its_form(console, query, field, m
     assert re.search(rf'role="alert".*<strong>{field}</strong>: {message}', page.text, re.S), page.text
     assert _value(page.text, "from") == query["from"] and _value(page.text, "to") == query["to"]
     assert "Content-Disposition" not in page.headers
+
+
+async def test_an_empty_window_downloads_as_the_journal_and_the_command_take_it(console):
+    """From and to the same day (`to` is "Before": [March 10th, March 10th), no day) was refused
+    beside the form, 'to: after the first day', where GET /v1/journal answers that window 200 with no
+    entry and `tokentill audit export --from T --to T` writes an export of none (0e23f73). Now the
+    download is that export: JSON lines of a header, the accounts, no entry and no seal, and the
+    end record (0, 0, 0),
+    which verifies offline; a day before the first is still refused, in the API's words."""
+    window = {"from": "2026-03-10T00:00:00Z", "to": "2026-03-10T00:00:00Z"}
+    journal = await console.get("/v1/journal", params=window, headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+    assert (journal.status_code, journal.json()["entries"]) == (200, []), journal.text  # guard: the API's answer
+    download = await console.get("/console/audit/export/download",
+                                 params={"format": "jsonl", "from": "2026-03-10", "to": "2026-03-10"})
+    assert download.status_code == 200, download.text
+    assert download.headers["content-disposition"] == \
+        'attachment; filename="tokentill-journal-2026-03-10-to-2026-03-10.jsonl"'
+    records = [json.loads(line) for line in download.text.splitlines()]
+    kinds = [r["type"] for r in records]
+    assert (kinds[0], kinds[-1], {"entry", "seal"} & set(kinds)) == ("export", "end", set()), kinds  # the accounts'
+    assert (records[0]["whole"], records[0]["from"], records[0]["to"]) == (False, *["2026-03-10T00:00:00+00:00"] * 2)
+    assert records[-1] == {"type": "end", "entries": 0, "seals": 0, "unsealed": 0}
+    report = offline.verify_lines(download.content.splitlines())
+    assert (report.ok, report.entries, report.seals) == (True, 0, 0), report.problems
 
 
 @pytest.mark.parametrize(("fmt", "media"), [("beancount", "text/plain; charset=utf-8"),
