@@ -195,7 +195,7 @@ def crossed(state: State, b: Budget, currency: str, before: int, after: int, hel
     a second a minute or more ahead of the clock (an event timed ahead), at that second, and its minute."""
     at = start if b.window == "minute" and start - window_start(b, now) >= ROLLING else now
     shown, events = window_start(b, at) if b.window == "minute" else start, []
-    for pct in b.thresholds:
+    for pct in sorted(b.thresholds):  # lowest first, as the window reached them: ids sort in that order
         if before * 100 < pct * b.limit <= after * 100:
             key = f"{THRESHOLD_TOPIC}:{b.id}:{_alert_key(b, start, reservation_id, at)}:{pct}"
             events.append(state.event(THRESHOLD_TOPIC, b.customer_id, key, now, {
@@ -219,7 +219,7 @@ def on_change(state: State, was: Budget, b: Budget, currency: str, now: datetime
     window = _alert_key(b, start, None, now)
     return [state.event(THRESHOLD_TOPIC, b.customer_id, f"{THRESHOLD_TOPIC}:{b.id}:{window}:{pct}", now,
                         {**_describe(b, currency, used, held, start), "threshold": pct})
-            for pct in b.thresholds if past(b, pct) and not past(was, pct)]
+            for pct in sorted(b.thresholds) if past(b, pct) and not past(was, pct)]
 
 
 def on_reserve(state: State, w: Wallet, reservation_id: str, model: str, dimensions: Mapping[str, Any],

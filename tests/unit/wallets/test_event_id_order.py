@@ -8,10 +8,14 @@ those, 14,800 to 16,216, 7.4-8.1 %, sorted before it)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from test_budget_rules import budget, with_budgets
 from wallet_memory import MemoryWallet, usd
 
 from wallets import model
+from wallets.core import budgets as rules
+from wallets.core.state import State
 from wallets.model import new_id
 
 ONE_MICROSECOND = 1_796_000_000_000_000_000  # time.time_ns() frozen: every id made in one microsecond
@@ -69,3 +73,38 @@ def test_a_child_forked_while_another_thread_holds_the_ids_lock_still_makes_ids(
         assert new_id("evt").startswith("evt_")
 
     assert forked_while_held(model._ids_lock, child, "the forked child hung in new_id") == 0
+
+
+def _received(outbox: list[dict]) -> list[int]:
+    """The thresholds of the outbox's alerts as a receiver orders them: by (created_at, id)."""
+    events = [e["payload"] for e in outbox if e["topic"] == "budget.threshold_crossed"]
+    return [e["threshold"] for e in sorted(reversed(events), key=lambda e: (e["created_at"], e["id"]))]
+
+
+def test_thresholds_given_out_of_order_are_alerted_lowest_first(monkeypatch):
+    """A soft $10.00 month alerting at [100, 50, 80] (distinct, in any order: the API keeps them as
+    given). One hold of $10.00 takes it from 0 to 100 %: past 50 % ($5.00), then 80 % ($8.00), then
+    100 % ($10.00), so a receiver ordering by (created_at, id) must read 50, 80, 100: it read 100, 50,
+    80 (the order given), and one keeping the highest threshold seen ended at 80 % of a spent budget.
+    A settle likewise: $1.00 held (10 %), settled at $8.50 (85 %): 50 then 80, not 80 then 50."""
+    _frozen(monkeypatch)
+    mw = with_budgets(budget("month", limit=usd("10.00"), mode="soft", thresholds=(100, 50, 80)))
+    mw.reserve("10.00")
+    assert _received(mw.outbox) == [50, 80, 100]
+    mw = with_budgets(budget("month", limit=usd("10.00"), mode="soft", thresholds=(100, 80, 50)))
+    held = mw.reserve("1.00").reservation
+    mw.settle(held.id, input_tokens=8500)  # 8,500 x $1,000/M = $8.50
+    assert _received(mw.outbox) == [50, 80]
+
+
+def test_a_change_that_leaves_a_window_past_thresholds_given_out_of_order_alerts_them_lowest_first(monkeypatch):
+    """A soft $20.00 month at [100, 80, 50] holding $9.00 (45 %) lowered to $10.00 (90 %): it now
+    stands past 50 % and 80 %, alerted by the change, 50 then 80 (they came 80 then 50)."""
+    _frozen(monkeypatch)
+    was = budget("month", limit=usd("20.00"), mode="soft", thresholds=(100, 80, 50))
+    mw = with_budgets(was)
+    mw.reserve("9.00")
+    assert mw.outbox == []
+    lowered = replace(was, limit=usd("10.00"))  # the windows it counted come with it
+    events = rules.on_change(State(was.customer_id, None), was, lowered, "USD", mw.now)
+    assert _received([{"topic": e.topic, "payload": e.payload} for e in events]) == [50, 80]
