@@ -94,21 +94,45 @@ def per_label(token_type: str | None) -> str:
 
 
 def rows(document: Mapping[str, Any]) -> list[Row]:
+    described = [(_described(line), line) for line in document["lines"]]
+    told = _told_apart(described)
     out = []
-    for line in document["lines"]:
+    for what, line in described:
         token = line.get("token_type")
-        unit = KINDS[token].label if token in KINDS else (token or "")
-        what = " ".join(p for p in (bidi_closed(line.get("model") or "all models"),
-                                    unit if token != "request" else "requests",
-                                    KIND_LABELS.get(line["kind"], line["kind"])) if p)
-        if line.get("original_period"):
-            what += f" (usage of {line['original_period']})"
-        price = f"{line['unit_price']} {per_label(token)}" if line.get("unit_price") is not None else ""
         if line["kind"] == "rounding":
             what = "Rounding difference (" + rounding_note(document) + ")"
+        elif told.get(what):
+            what += " (" + ", ".join(f"{label} {bidi_closed(str(line[key]))}" for key, label in told[what]
+                                     if line.get(key) is not None) + ")"
+        price = f"{line['unit_price']} {per_label(token)}" if line.get("unit_price") is not None else ""
         quantity = f"{int(line['quantity']):,}" if line.get("quantity") is not None else ""
         out.append(Row(what, quantity, price, line["amount"]))
     return out
+
+
+def _described(line: Mapping[str, Any]) -> str:
+    """What a line is, as printed: its model, unit and kind (and the period of late usage)."""
+    token = line.get("token_type")
+    unit = KINDS[token].label if token in KINDS else (token or "")
+    what = " ".join(p for p in (bidi_closed(line.get("model") or "all models"),
+                                unit if token != "request" else "requests",
+                                KIND_LABELS.get(line["kind"], line["kind"])) if p)
+    return what + (f" (usage of {line['original_period']})" if line.get("original_period") else "")
+
+
+# What keeps two lines of one description apart (invoicing's line key), as printed beside it.
+APART = (("price_version", "price version"), ("rule_id", "rule"), ("tier", "tier"), ("override_id", "override"))
+
+
+def _told_apart(described: list[tuple[str, Mapping[str, Any]]]) -> dict[str, list[tuple[str, str]]]:
+    """For each description two lines or more share, the parts of the line key that differ among
+    them: a price version that took effect mid-period, or two rules matching other dimensions, at
+    one unit price, printed the same line twice."""
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for what, line in described:
+        groups.setdefault(what, []).append(line)
+    return {what: [(key, label) for key, label in APART if len({str(ln.get(key)) for ln in lines}) > 1]
+            for what, lines in groups.items() if len(lines) > 1}
 
 
 def rounding_note(document: Mapping[str, Any]) -> str:
