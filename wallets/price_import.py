@@ -18,7 +18,7 @@ import asyncio
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.db import Database, lock_key
 from pricing.books import PriceVersion
-from pricing.errors import PriceBookValidationError
+from pricing.errors import PriceBookValidationError, wire_time
 from pricing.genai import ProviderBook
 from pricing.parse import parse_version
 from wallets.books import StoredVersion, add_version, stored_versions
@@ -42,7 +42,7 @@ class ImportReport:
     book_id: str
     models: int
     rules: int  # rules of the version in force at effective_from
-    created: list[str] = field(default_factory=list)  # effective_from of each version posted (UTC, Z: _utc)
+    created: list[str] = field(default_factory=list)  # effective_from of each version posted (UTC, Z: wire_time)
     conflicts: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
 
@@ -50,11 +50,6 @@ class ImportReport:
         return {"book": self.book_id, "models": self.models, "rules": self.rules, "created": self.created,
                 "unchanged": not self.created and not self.conflicts, "conflicts": self.conflicts,
                 "not_expressed": self.skipped}
-
-
-def _utc(at: datetime) -> str:
-    """`at` in UTC with a Z, as every answer writes times (2030-01-01T00:00:00.000001Z)."""
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _key(rules: list[dict[str, Any]]) -> str:
@@ -91,7 +86,7 @@ def plan_versions(plan: ProviderBook, stored: list[StoredVersion], effective_fro
         if _key(rules) == _key(before):
             continue
         if any(start == at for start, _ in current):
-            conflicts.append(f"a stored version takes effect at {_utc(at)} with other prices")
+            conflicts.append(f"a stored version takes effect at {wire_time(at)} with other prices")
             continue
         wanted.append((at, rules))
         current = sorted([*current, (at, rules)], key=lambda v: v[0])
@@ -124,13 +119,13 @@ async def import_book(db: Database, plan: ProviderBook, effective_from: datetime
         start = first if same else at
         for body, version in ready:  # the versions taking effect later: they have their time
             if version.effective_from != start:
-                report.created.append(_utc((await add_version(conn, body, version)).version.effective_from))
+                report.created.append(wire_time((await add_version(conn, body, version)).version.effective_from))
         for body, version in ready:  # the one in force from `at` on, written last (behind the fence, for now)
             if version.effective_from == start:
                 others = [v.effective_from for v in stored] + [t for t, _ in plan.versions] + [t for t, _ in versions]
                 now = None if effective_from is not None else partial(_fenced, conn, clock, at, others)
                 added = await add_version(conn, body, version, now=now)
-                report.created.insert(0, _utc(added.version.effective_from))
+                report.created.insert(0, wire_time(added.version.effective_from))
         return report
 
     try:
@@ -157,7 +152,7 @@ async def _fenced(conn: AsyncConnection, clock: Callable[[], datetime], planned_
     would make the plan wrong: that is a conflict, reported (import again)."""
     now = await lanes_fenced(conn, clock)
     if any(planned_at < t <= now for t in others):
-        raise ConflictError(f"a version takes effect between {_utc(planned_at)} and {_utc(now)}, "
+        raise ConflictError(f"a version takes effect between {wire_time(planned_at)} and {wire_time(now)}, "
                             "while the import's was written: import again")
     return now
 

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from pricing.errors import wire_time
 from pricing.money import format_money
 from wallets import chart
 from wallets.core.reservations import status_at
@@ -22,7 +23,7 @@ def money(units: Any, currency: str) -> str | None:
 
 
 def when(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
+    return None if value is None else wire_time(value)
 
 
 _ENTRIES = text("""

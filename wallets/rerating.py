@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.db import Database
+from pricing.errors import wire_time
 from pricing.money import format_money
 from wallets.billing import UNEXPECTED
 from wallets.books import BookCache
@@ -69,8 +70,8 @@ class RerateSpec:
         return "rr_" + hashlib.sha256(raw.encode()).hexdigest()[:24]
 
     def view(self) -> dict[str, Any]:
-        return {"price_book": self.book_id, "version": self.version, "from": _utc(self.range_from),
-                "to": _utc(self.range_to), "customer_id": self.customer_id}
+        return {"price_book": self.book_id, "version": self.version, "from": wire_time(self.range_from),
+                "to": wire_time(self.range_to), "customer_id": self.customer_id}
 
 
 async def check(conn: AsyncConnection, spec: RerateSpec) -> None:
@@ -78,7 +79,7 @@ async def check(conn: AsyncConnection, spec: RerateSpec) -> None:
     version that is not the book's version in force throughout the range."""
     if spec.range_to <= spec.range_from:
         raise InvalidRangeError("the range is empty or inverted: `to` must be after `from`",
-                                **{"from": _utc(spec.range_from), "to": _utc(spec.range_to)})
+                                **{"from": wire_time(spec.range_from), "to": wire_time(spec.range_to)})
     rows = (await conn.exec_driver_sql(
         "SELECT version, effective_from FROM price_book_versions WHERE book_id = %s ORDER BY effective_from",
         (spec.book_id,))).all()
@@ -91,10 +92,10 @@ async def check(conn: AsyncConnection, spec: RerateSpec) -> None:
     starts, ends = rows[index][1], rows[index + 1][1] if index + 1 < len(rows) else None
     if starts > spec.range_from or (ends is not None and ends < spec.range_to):
         raise VersionNotInForceError(
-            f"version {spec.version} of {spec.book_id} is in force from {_utc(starts)}"
-            + (f" until {_utc(ends)}" if ends is not None else "") + ", not throughout the range",
-            price_book=spec.book_id, version=spec.version, effective_from=_utc(starts),
-            effective_until=_utc(ends) if ends is not None else None)
+            f"version {spec.version} of {spec.book_id} is in force from {wire_time(starts)}"
+            + (f" until {wire_time(ends)}" if ends is not None else "") + ", not throughout the range",
+            price_book=spec.book_id, version=spec.version, effective_from=wire_time(starts),
+            effective_until=wire_time(ends) if ends is not None else None)
     if spec.customer_id is not None and (await conn.exec_driver_sql(
             "SELECT 1 FROM customers WHERE id = %s", (spec.customer_id,))).first() is None:
         raise NotFoundError(f"no customer {spec.customer_id}", customer_id=spec.customer_id)
@@ -352,10 +353,6 @@ def _note(row: Any) -> dict[str, Any]:
     return {**as_issued(row.content), "content_hash": row.content_hash, "entry_id": row.entry_id}
 
 
-
-
-def _utc(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")
 
 
 __all__ = ["RerateSpec", "applied", "apply", "check", "credit_note", "credit_note_owner", "credit_notes", "preview"]

@@ -27,6 +27,7 @@ from api.bench.lifecycle_bench import KEY, Connection, pct, scratch_server, wait
 from api.bench.profile import CpuMeter, SpyProfile
 from api.runtime import sync_url
 from api.settings import Settings
+from pricing.errors import wire_time
 
 GOAL = 20_000  # events/s
 BATCH = 1000
@@ -79,7 +80,7 @@ async def send(conn: Connection, batch: list[dict], sent: Sent) -> None:
 async def ingest(address: tuple[str, int, str], customers: list[str], *, workers: int, seconds: float) -> Sent:
     """Fresh batches from `workers` clients until `seconds` have passed."""
     sent, counter = Sent(), itertools.count()
-    at = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    at = wire_time(datetime.now(UTC))
     deadline = time.perf_counter() + seconds
 
     async def worker() -> None:

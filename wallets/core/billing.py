@@ -31,6 +31,7 @@ from typing import Any
 
 from ledger.model import JournalEntry
 from pricing.books import TOKEN_TYPES
+from pricing.errors import wire_time
 from pricing.money import CURRENCY_MINOR_UNITS, format_money
 from wallets import chart
 from wallets.model import Customer
@@ -237,9 +238,9 @@ def document(customer: Customer, period: Period, rollup: Mapping[str, tuple[int,
     return {
         "id": header.id, "number": header.number, "status": header.status, "customer_id": customer.id,
         "customer_name": bill_to_name(customer), "currency": customer.currency, "billing": customer.billing,
-        "period": {"label": period.label, "start": _utc(period.start), "end": _utc(period.end),
+        "period": {"label": period.label, "start": wire_time(period.start), "end": wire_time(period.end),
                    "time_zone": customer.cycle.time_zone},
-        "issued_at": _utc(header.issued_at), "due_at": _utc(due_at(period, customer)),
+        "issued_at": wire_time(header.issued_at), "due_at": wire_time(due_at(period, customer)),
         "lines": lines,
         "line_rounding": {"decimals": decimals, "mode": ROUNDING_MODE},
         "subtotals": {name: money(v, cur) for name, v in subtotals.items()},
@@ -306,7 +307,3 @@ def due_at(period: Period, customer: Customer) -> datetime:
     hours long: adding 30 days of 24 hours made a New York invoice due at 23:00 the day before)."""
     local = period.end.astimezone(zone(customer.cycle.time_zone))
     return (local + timedelta(days=customer.terms_days)).astimezone(UTC)  # wall-clock days
-
-
-def _utc(at: datetime) -> str:
-    return at.isoformat().replace("+00:00", "Z")

@@ -44,6 +44,7 @@ from typing import Any
 import msgspec
 
 from pricing.books import PriceBook, PriceVersion
+from pricing.errors import wire_time
 from pricing.fast_rating import charges_requests
 from pricing.money import format_money
 from pricing.override_versions import OverrideHistory
@@ -798,7 +799,7 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
             "total": format_money(net, c.currency),
             # the money the note moved: its total in whole minor units, and what that rounding added
             "amount": format_money(money, c.currency), "amount_rounding": format_money(rounding, c.currency),
-            "issued_at": now.astimezone(UTC).isoformat().replace("+00:00", "Z")}
+            "issued_at": wire_time(now)}
         note = CreditNoteIssued(c.id, note_id, invoice_id, cmd.rerate_id, cmd.issuer, year, seq, number,
                                 c.currency, net, content, now)
         effects.append(note)

@@ -3,12 +3,13 @@ again, or every event since a time (optionally only those not delivered)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from pricing.errors import wire_time
 from wallets.errors import NotFoundError, TooManyEventsError, WalletValidationError
 from wallets.webhooks.endpoints import AFRESH, announce
 
@@ -174,7 +175,7 @@ async def redrive_since(conn: AsyncConnection, endpoint_id: str, topics: tuple[s
                               "until_event": until_event_id}
     count, queued, within, within_event = (await conn.execute(text(_WINDOW.format(again=_AGAIN)), params)).one()
     if count > limit:
-        within = within.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        within = wire_time(within)
         raise TooManyEventsError(
             f"{count} events to re-drive in this window, more than the {limit} one call may queue: "
             f"nothing was queued; re-drive up to until={within} and until_event_id={within_event} (exactly "
