@@ -21,6 +21,7 @@ from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped, time_in
 from wallets import billing
 from wallets.commands import PayInvoice
+from wallets.core.payments import check_reference
 from wallets.core.results import PaymentResult
 
 READERS = ("auditor", "customer")
@@ -226,6 +227,7 @@ async def pay_invoice(state: State, request: Request, invoice_id: FromPath[str],
     unit ("4.5" yen) `invalid_amount`; paid in full, `invoice.paid` goes to the outbox."""
     data = shaped(data, PayInvoiceRequest)
     amount = amount_in(data.amount, "amount")  # the body as sent before the invoice it names (422 before 404)
+    check_reference(data.reference)  # tokentill's own references (topup:, rerate:, ...), as the payment checks
     db = state.services.db
     customer_id = await db.read(lambda conn: billing.invoice_owner(conn, invoice_id))
     ensure_owner(request, customer_id, f"invoice {invoice_id}")

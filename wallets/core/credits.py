@@ -75,10 +75,23 @@ def positive_whole(units: int, currency: str) -> int:
     return whole_minor_units(units, currency)
 
 
-def opened_lot(state: State, w: Wallet, kind: str, amount: int, priority: int, expires_at: datetime | None,
-            now: datetime, reason: str = "", reference: str = "") -> LotOpened:
+def _future(expires_at: datetime | None, now: datetime) -> None:
+    """Refuse a lot's expiry that is not after `now` (a body's own refusal: 422 naming it)."""
     if expires_at is not None and expires_at <= now:
         raise WalletValidationError("expires_at", "must be in the future")
+
+
+def _wallet(state: State, expires_at: datetime | None, now: datetime) -> Wallet:
+    """The credit's wallet; for a customer that does not exist, the body as sent is checked
+    before it is told so (422 before 404)."""
+    if state.wallet is None:
+        _future(expires_at, now)
+    return state.require_wallet()
+
+
+def opened_lot(state: State, w: Wallet, kind: str, amount: int, priority: int, expires_at: datetime | None,
+            now: datetime, reason: str = "", reference: str = "") -> LotOpened:
+    _future(expires_at, now)
     lot_id = state.ids("lot")
     return LotOpened(w.customer.id, lot_id, chart.lot_account(w.customer.id, lot_id), w.customer.currency, kind,
                      amount, priority, expires_at, now, reason, reference)
@@ -112,7 +125,7 @@ def top_up(state: State, cmd: TopUp, now: datetime, book: PriceBook | None) -> D
     """Paid credit: cash in; a prepaid customer's owed receivable (settled usage, not what open
     reservations hold on credit) is paid off first, and the rest becomes a lot. A payment
     `reference` credited before is answered again (as an invoice payment's or a refund's)."""
-    w = state.require_wallet()
+    w = _wallet(state, cmd.expires_at, now)
     known = state.topups.get((w.customer.id, cmd.reference)) if cmd.reference else None
     if known is None or known.amount != cmd.amount:  # the body is checked before it is told from the one kept
         whole_minor_units(cmd.amount, w.customer.currency)
@@ -137,7 +150,7 @@ def top_up(state: State, cmd: TopUp, now: datetime, book: PriceBook | None) -> D
 
 def grant(state: State, cmd: Grant, now: datetime, book: PriceBook | None) -> Decision:
     """Promotional or contractual credit, paid for by the platform's promotions expense."""
-    w = state.require_wallet()
+    w = _wallet(state, cmd.expires_at, now)
     whole_minor_units(cmd.amount, w.customer.currency)
     opened = opened_lot(state, w, "grant", cmd.amount, cmd.priority, cmd.expires_at, now, cmd.reason, "")
     cur = w.customer.currency
