@@ -36,7 +36,7 @@ import msgspec
 
 from api.auth import Principal, key_dimensions
 from api.errors import STATUS_BY_CODE, ApiError
-from api.gateway.calls import KINDS, Call, CallError, parse_call
+from api.gateway.calls import KINDS, MESSAGES, RESPONSES, Call, CallError, parse_call
 from api.gateway.config import GatewaySettings
 from api.gateway.connections import upstream_timeouts, upstream_transport
 from api.gateway.forwarding import CALLS, Forwarding
@@ -265,14 +265,28 @@ def _refusal_of(exc: Exception) -> Refusal:
     raise exc
 
 
+# the field that bounds a call's per-call tools, by kind, and the words that tell how it holds them
+_TOOLS_FIELD = {MESSAGES: ("tools", "its server tools held for their max_uses"),
+                RESPONSES: ("max_tool_calls", "its tools held for max_tool_calls {}")}
+_CHAT_SEARCH = ("web_search_options", "its web search held once")  # a chat call's (or a search model's)
+
+
 def _too_big_to_hold(call: Call, refused: Refusal) -> Refusal:
     """A hold no journal entry can carry (wallets.core.rating.unpostable), named by the call's own
-    fields: its cap (the caller's, or the gateway's default), its n, its prompt, and the bound. Was:
-    422 naming `estimate`, a field of the reserve API the caller never sent. Any other refusal as it is."""
+    fields: its cap (the caller's, or the gateway's default), its n, its prompt, and the bound; or,
+    where its per-call tools' fees alone pass it (`estimate.tool_uses`: tool_fees_unpostable), its
+    tools' field, their uses, fee per use and fees (was: the cap, which did not make it too big).
+    Was: 422 naming `estimate`, a field of the reserve API the caller never sent. Any other refusal
+    as it is."""
     cause = refused.__cause__
     field, told = call.output_cap
     fields = cause.context.get("fields") if isinstance(cause, WalletValidationError) else None
-    if not (field and isinstance(fields, list) and len(fields) == 1 and fields[0]["field"] == "estimate"):
+    named = fields[0]["field"] if isinstance(fields, list) and len(fields) == 1 else None
+    if named == "estimate.tool_uses":
+        field, told = _TOOLS_FIELD.get(call.kind, _CHAT_SEARCH)
+        told = told.format(max(dict(call.tool_uses).values(), default=0))
+        return Refusal(400, "validation_error", f"{field}: {told}: {fields[0]['message']}", param=field)
+    if not (field and named == "estimate"):
         return refused
     return Refusal(400, "validation_error", f"{field}: {told} and {call.prompt_tokens} prompt tokens: "
                    f"{fields[0]['message']}", param=field)

@@ -1459,6 +1459,43 @@ def test_a_call_whose_hold_no_journal_entry_can_carry_is_refused_naming_the_call
     assert wallet(url, cid) == (Decimal("10"), 0)
 
 
+@pytest.mark.parametrize(("path", "call", "field", "held"), [
+    ("/anthropic/v1/messages", {"max_tokens": 10, "messages": HI, "tools": [{**WEB_SEARCH, "max_uses": 10**9}]},
+     "tools", "its server tools held for their max_uses"),
+    ("/openai/v1/responses", {"max_output_tokens": 10, "input": "hi", "tools": [{"type": "web_search"}],
+                              "max_tool_calls": 10**9},
+     "max_tool_calls", "its tools held for max_tool_calls 1000000000")])
+def test_a_call_whose_tool_fees_alone_no_journal_entry_can_carry_is_refused_naming_its_tools(
+        live, upstream, path, call, field, held):
+    """10**9 web searches at 10.00 USD each (the book's per-call price) are 10,000,000,000 USD of
+    fees, past the 9,223,372,036.854775807 USD one journal entry carries, whatever the cap: 10
+    output tokens at 20.00/M are 0.0002 USD; the searches' results, 10**9 x 10,000 = 10**13 input
+    tokens, 100,000,000 USD at 10.00/M. Was: 400 naming the call's cap ("max_tokens: max_tokens 10
+    and ... prompt tokens: a hold of ... is more than one journal entry can carry"), a field that
+    does not make the hold too big. Now 400 naming the tools' field, the uses, the fee per use and
+    the fees' total; nothing held or sent."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": "10.00"})))
+
+    async def never(send: Any, receive: Any) -> None:
+        raise AssertionError("sent upstream")
+
+    name = model(upstream, never)
+    refused = httpx.post(f"{url}{path}", headers={"Authorization": f"Bearer {key}"},
+                         json={"model": name, **call}, timeout=30)
+    assert refused.status_code == 400, refused.text
+    assert refused.headers["x-tokentill-charged"] == "0"
+    error = refused.json()["error"]
+    assert (error["code"], error.get("param", field)) == ("validation_error", field), error  # Anthropic's: no param
+    assert error["message"].startswith(f"{field}: {held}: 1000000000 web_search at 10.00 USD each: "), error
+    assert "estimate" not in error["message"] and "max_tokens" not in error["message"]
+    assert "max_output_tokens" not in error["message"]
+    assert "tool fees of 10000000000.00 USD" in error["message"]
+    assert "more than one journal entry can carry (9223372036.854775807 USD)" in error["message"]
+    assert all(sent["model"] != name for sent in upstream.fake.calls)
+    assert wallet(url, cid) == (Decimal("10"), 0)
+
+
 CONFLICTED = {"prompt_tokens": 1000, "completion_tokens": 40, "total_tokens": 1040,
               "prompt_tokens_details": {"cached_tokens": 200}, "input_tokens_details": {"cached_tokens": 100}}
 

@@ -11,7 +11,7 @@ from ledger.model import MAX_POSTING
 from pricing.books import PriceBook, PriceVersion
 from pricing.errors import UnpricedModelError
 from pricing.fast_rating import charges_requests
-from pricing.money import DEFAULT_SCALE, format_money
+from pricing.money import DEFAULT_SCALE, format_money, pricing_context, round_entry
 from pricing.overrides import Overrides
 from pricing.rating import Rating, rate
 from pricing.units import PROMPT_TYPES, line_label
@@ -120,6 +120,28 @@ def unpostable(amount: int, currency: str, field: str, what: str = "charge") -> 
     most = format_money(MAX_POSTING, currency)
     return WalletValidationError(field, f"a {what} of {format_money(amount, currency)} {currency} is more than "
                                         f"one journal entry can carry ({most} {currency})")
+
+
+def tool_fees_unpostable(rating: Rating, tool_uses: Mapping[str, int], currency: str) -> WalletValidationError | None:
+    """A hold past what one posting holds (`unpostable`) whose per-call tools' fees alone pass it,
+    whatever the prompt and output: named by them (`estimate.tool_uses`), each tool's uses and fee
+    per use, and the fees' total after the customer's discounts, so that the caller is not told its
+    output cap made the hold too big (the gateway names its tools' field: api.gateway.proxy)."""
+    lines = [line for line in rating.lines if line.token_type in tool_uses and line.quantity]
+    fees = round_entry([line.amount for line in lines], rating.scale)[0]
+    if fees <= MAX_POSTING:
+        return None
+    with pricing_context():
+        each = [(line, round_entry([line.amount / line.quantity], rating.scale)[0])
+                for line in lines if line.kind == "usage"]
+
+    def shown(units: int) -> str:
+        return f"{format_money(units, currency, rating.scale)} {currency}"
+
+    told = ", ".join(f"{line.quantity} {line.token_type} at {shown(fee)} each" for line, fee in each)
+    return WalletValidationError("estimate.tool_uses", f"{told}: tool fees of {shown(fees)}, more than one journal "
+                                 f"entry can carry ({format_money(MAX_POSTING, currency)} {currency}), whatever "
+                                 f"the prompt and output (a hold of {shown(rating.total_units)})")
 
 
 def implausibility(wallet: Wallet, version: PriceVersion, rating: Rating, tokens: Mapping[str, int],

@@ -19,6 +19,7 @@ from pricing.estimate import (
 )
 from pricing.money import format_money
 from pricing.normalize import UNSPLIT
+from pricing.rating import Rating
 from wallets import chart
 from wallets.core import budgets, idempotency
 from wallets.core.commands import MAX_TTL_SECONDS, Extend, Release, Reserve, Settle
@@ -45,6 +46,7 @@ from wallets.core.rating import (
     overrides_at,
     period_counts,
     rate_call,
+    tool_fees_unpostable,
     unpostable,
 )
 from wallets.core.results import REPLAYED, ExtendResult, ReleaseResult, ReservationSummary, ReserveResult, SettleResult
@@ -80,6 +82,7 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
     if cmd.kept_only:
         raise NothingKeptError("request_id", f"nothing is kept under request_id {cmd.request_id}")
     amount, held_at = cmd.amount, {}
+    rating: Rating | None = None  # priced from the estimate
     if amount is None:  # held_at: the values of the provider's choices (its tier) the hold was priced at
         rating, held_at = held_choices(book_for(w, book), cmd.model, cmd.prompt_tokens or 0,
                                        cmd.max_output_tokens or 0, cmd.dimensions, now, cmd.chosen_by_provider,
@@ -94,8 +97,9 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
         if cmd.premiums:  # the price it names (cache_ttl "1h"): its book sets it, as for an estimate
             premiums_priced(book_for(w, book), cmd.model, cmd.dimensions, now, cmd.premiums, cmd.prompt_cache_write)
     too_big = unpostable(amount, w.customer.currency, "estimate", "hold")
-    if too_big is not None:
-        return Decision.refuse(too_big)
+    if too_big is not None:  # named by the tools where their fees alone make it too big
+        fees = rating and cmd.tool_uses and tool_fees_unpostable(rating, cmd.tool_uses, w.customer.currency)
+        return Decision.refuse(fees or too_big)
     # a hold past what one request may be charged starts a call whose settle is refused: the call,
     # once made, is answered whether or not its settle is taken. Not kept: the maximum may change
     past = hold_implausibility(w, book_for(w, book).version_at(now), amount)
