@@ -22,7 +22,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
         return serve_workers(settings, workers, host=args.host, port=args.port, access_log=args.access_log)
     from api.app import create_app
-    from api.runtime import check_spool, log_to_stderr, open_database, warn_connection_budget
+    from api.runtime import check_connection_budget, check_spool, log_to_stderr, open_database
     from api.server import ACCEPT_BURST, check_connection_room, open_file_limit, serve
     from api.workers import exit_quietly_on_signals, listening_socket
 
@@ -38,7 +38,7 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     handle = open_database(settings)
     try:
         check_spool(handle.url, settings)
-        warn_connection_budget(handle.url, settings, processes=1)
+        check_connection_budget(handle.url, settings, processes=1)
         app = create_app(settings, handle.url, cluster=handle.cluster)
         serve(app, settings, host=args.host, port=args.port, log_level=settings.log_level.lower(),
               access_log=args.access_log)

@@ -201,23 +201,42 @@ def _warn_fixed_lanes(url: str, asked: int) -> None:
 NOT_ALLOWED_TO_CREATE = frozenset({"42501", "3F000"})
 
 
-def warn_connection_budget(url: str, settings: Settings, *, processes: int) -> int:
-    """Log a warning when `processes` server processes may open more connections than the
-    database allows others than superusers (README, Several processes): under load some of
-    their requests would be answered 503. Returns what the database allows."""
+# Database connections a server process opens beside its pool and the pool's overflow (2 x
+# TOKENTILL_POOL_SIZE): the key listener and the readiness probe's own session when the pool is full;
+# with webhooks, the dispatcher's pool of 2 and its overflow, and its listener.
+BESIDE_THE_POOL = 2
+BESIDE_FOR_WEBHOOKS = 5
+
+
+def check_connection_budget(url: str, settings: Settings, *, processes: int) -> int:
+    """Stop the start when `processes` server processes may open more connections than the database
+    allows others than superusers (README, Several processes), naming the largest pool (and count of
+    processes) that fits: under load some of their requests would be answered 503 (too many
+    clients). With TOKENTILL_POOL_OVERCOMMIT=on, a warning only. Returns what the database allows."""
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        allowed = int(conn.execute(
-            "SELECT current_setting('max_connections')::int - current_setting('superuser_reserved_connections')::int"
-            " - coalesce(current_setting('reserved_connections', true)::int, 0)").fetchone()[0])
-    most = processes * (2 * settings.pool_size + 4)  # pool and overflow, the key listener, the webhook dispatcher
-    if most > allowed:
-        logging.getLogger("tokentill").warning(
-            "%d processes x (2 x TOKENTILL_POOL_SIZE %d + 4) = %d database connections at most, but the database "
-            "allows %d: under load some requests would be answered 503; lower TOKENTILL_POOL_SIZE (to %d) or "
-            "TOKENTILL_WORKERS", processes, settings.pool_size, most, allowed, max(1, (allowed // processes - 4) // 2))
-    return allowed
+        limit, reserved = (int(v) for v in conn.execute(
+            "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int"
+            " + coalesce(current_setting('reserved_connections', true)::int, 0)").fetchone())
+    allowed = limit - reserved
+    beside = BESIDE_THE_POOL + (BESIDE_FOR_WEBHOOKS if settings.webhooks else 0)
+    most = processes * (2 * settings.pool_size + beside)
+    if most <= allowed:
+        return allowed
+    said = (f"{processes} process{'es' if processes > 1 else ''} x (2 x TOKENTILL_POOL_SIZE {settings.pool_size} + "
+            f"{beside}) = {most} database connections at most, but the database allows {allowed} (max_connections "
+            f"{limit} less {reserved} reserved)")
+    if settings.pool_overcommit:
+        logging.getLogger("tokentill").warning("%s; TOKENTILL_POOL_OVERCOMMIT is on: under load some requests would "
+                                               "be answered 503", said)
+        return allowed
+    pool = (allowed // processes - beside) // 2
+    workers = allowed // (2 * settings.pool_size + beside)
+    fixes = [*([f"TOKENTILL_POOL_SIZE (to at most {pool})"] if pool >= 1 else []),
+             *([f"TOKENTILL_WORKERS (to at most {workers})"] if processes > 1 and workers >= 1 else [])]
+    fix = f"lower {' or '.join(fixes)}, or raise" if fixes else "raise"
+    raise SystemExit(f"{said}: {fix} the server's max_connections (TOKENTILL_POOL_OVERCOMMIT=on starts anyway)")
 
 
 def sync_url(url: str) -> str:

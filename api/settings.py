@@ -50,10 +50,10 @@ def _writer_idle(env: Mapping[str, str], name: str, default: float) -> float:
 ON, OFF = ("on", "1", "true", "yes"), ("off", "0", "false", "no")
 
 
-def _flag(env: Mapping[str, str], name: str) -> bool:
+def _flag(env: Mapping[str, str], name: str, default: str = "on") -> bool:
     """`on` (or 1, true, yes) or `off` (or 0, false, no); anything else stops the start (a
     misspelt `disabled` must not leave a job running on a host meant to be without it)."""
-    raw = env.get(name, "") or "on"
+    raw = env.get(name, "") or default
     if raw.lower() not in ON + OFF:
         raise SystemExit(f"{name} must be on or off, not {raw!r}")
     return raw.lower() in ON
@@ -188,6 +188,9 @@ class Settings:
     data_dir: Path = Path(platformdirs.user_data_dir("tokentill"))
     admin_key: str | None = field(default=None, repr=False)
     pool_size: int = 10
+    # Start although the processes' pools may open more connections than the database allows (a
+    # warning only): else the start stops (api.runtime.check_connection_budget).
+    pool_overcommit: bool = False
     pool_timeout_s: float = 5.0  # the longest a request waits for a database connection, then 503
     writer_idle_s: float = 5.0  # a wallet batch's session idle this long inside it is ended (its lane freed)
     scheduler: bool = True
@@ -229,6 +232,7 @@ class Settings:
             data_dir=_data_dir(env.get("TOKENTILL_DATA_DIR", ""), embedded=database_url is None),
             admin_key=key(env, "TOKENTILL_ADMIN_KEY"),
             pool_size=whole_number(env, "TOKENTILL_POOL_SIZE", 10),
+            pool_overcommit=_flag(env, "TOKENTILL_POOL_OVERCOMMIT", "off"),
             pool_timeout_s=_seconds(env, "TOKENTILL_POOL_TIMEOUT_SECONDS", 5.0),
             writer_idle_s=_writer_idle(env, "TOKENTILL_WRITER_IDLE_SECONDS", 5.0),
             scheduler=_flag(env, "TOKENTILL_SCHEDULER"),

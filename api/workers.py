@@ -100,7 +100,7 @@ def bound_socket(host: str, port: int) -> socket.socket:
 def serve_workers(settings: Settings, workers: int, *, host: str, port: int, access_log: bool) -> int:
     """Run `workers` server processes on host:port until SIGTERM or SIGINT; 0, or 1 when a worker
     kept dying."""
-    from api.runtime import check_spool, log_to_stderr, open_database, warn_connection_budget
+    from api.runtime import check_connection_budget, check_spool, log_to_stderr, open_database
     from api.server import ACCEPT_BURST, check_connection_room, open_file_limit
 
     check_connection_room(settings, open_file_limit())  # each worker's: they inherit the limit
@@ -120,7 +120,7 @@ def serve_workers(settings: Settings, workers: int, *, host: str, port: int, acc
             # arguments needs (api.settings, and through it prometheus_client) before its first line
             # runs, and prometheus_client picks where its values live once, at import.
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
-            warn_connection_budget(handle.url, settings, processes=workers)
+            check_connection_budget(handle.url, settings, processes=workers)
             bound = sock.getsockname()[1]  # --port 0: the one the system chose
             log.info("serving on http://%s:%d with %d worker processes", f"[{host}]" if ":" in host else host,
                      bound, workers)
