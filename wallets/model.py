@@ -187,6 +187,7 @@ class Reservation:
     closed_at: datetime | None = None
     final_hash: bytes | None = None  # request hash of the final settle, for replays
     final_charge: dict[str, Any] | None = None
+    release_entry: int | None = None  # a released one's entry id (loaded, not written): a release again tells it
     capture_ids: dict[str, tuple[bytes, dict[str, Any]]] = field(default_factory=dict)
     budget_holds: dict[str, BudgetHold] = field(default_factory=dict)  # by budget id
     # the (prompt, output) tokens its hold counts in a token budget (None: an amount alone), kept so

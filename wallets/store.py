@@ -109,6 +109,10 @@ SELECT
                       FROM reservation_holds h WHERE h.lane = %(lane)s AND h.reservation_id = r.id),
           'final_charge', (SELECT to_jsonb(c) - 'lane' FROM charges c
                             WHERE c.lane = %(lane)s AND c.reservation_id = r.id AND c.final),
+          -- the release entry of a released reservation, told by a release sent again (a unique-key probe)
+          'release_entry', CASE WHEN r.status = 'released' THEN
+                           (SELECT j.id FROM journal_entries j WHERE j.lane = %(lane)s
+                               AND j.customer_id = r.customer_id AND j.key = 'release:' || r.id) END,
           'captures_by_id', (SELECT jsonb_object_agg(c.capture_id, to_jsonb(c) - 'lane') FROM charges c
                               WHERE c.lane = %(lane)s AND c.reservation_id = r.id
                                 AND c.capture_id = ANY(%(captures)s::text[])),
@@ -198,6 +202,7 @@ def _reservation(row: dict[str, Any]) -> Reservation:
         released=int(row["released"]), charged=int(row["charged"]), captures=row["captures"],
         closed_at=_time(row["closed_at"]),
     )
+    r.release_entry = row.get("release_entry")
     if row["final_charge"]:
         r.final_charge = row["final_charge"]
         r.final_hash = _bytes(row["final_charge"]["request_hash"])

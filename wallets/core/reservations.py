@@ -407,7 +407,9 @@ def release(state: State, cmd: Release, now: datetime, book: PriceBook | None) -
     r = reservation_of(w, cmd.reservation_id)
     _gateways_own(r, cmd.from_caller)
     if r.status == chart.RELEASED:
-        result = ReleaseResult(r.id, r.status, r.released, True, currency=w.customer.currency)
+        # the entry of the release answered first: loaded, or posted earlier in this batch (its key)
+        result = ReleaseResult(r.id, r.status, r.released, True, f"release:{r.id}", r.release_entry,
+                               currency=w.customer.currency)
         return Decision(Outcome(result.code, result))
     if not r.is_open:
         raise ReservationClosedError(f"reservation {r.id} is already {r.status}", reservation_id=r.id,
