@@ -209,7 +209,9 @@ BODY_REFUSALS = (WalletValidationError, SubMinorAmountError, CurrencyMismatchErr
 # the books a key limited to customers may read). Nothing was done; the client is told to change the
 # request, and may send the corrected one under the same key (the same one is decided again). Every
 # other refusal (insufficient_funds, budget_exceeded, ...) is kept and replays as first answered.
-NOT_KEPT = BODY_REFUSALS
+# An empty or inverted range (`invalid_range`, the client's code unchanged) is decided from the body
+# alone, `from` and `to`: a refusal of the request as sent too.
+NOT_KEPT = (*BODY_REFUSALS, InvalidRangeError)
 # Outcomes under a key whose answer is not kept: a conflict (the key holds another body's answer)
 # and a refusal of the request as sent (NOT_KEPT); one tuple, not built per keyed command.
 NO_ANSWER_KEPT = (ConflictError, *NOT_KEPT)

@@ -148,3 +148,26 @@ async def test_a_budget_exceeded_under_a_key_replays_as_first_answered_after_the
         assert held.status_code == 201, held.text
         wallet = (await client.get(f"/v1/customers/{cid}/wallet")).json()
         assert (wallet["available"], wallet["reserved"]) == ("9.00", "1.00")  # r2's hold alone
+
+
+async def test_an_inverted_re_rate_range_under_a_key_leaves_the_key_to_the_corrected_re_rate(database_url: str):
+    """Guard (no re-rate refusal was kept): a re-rate applied from 2026-12-01 to 2026-11-01 under
+    key r: 422 invalid_range (`to` must be after `from`: decided from the body alone, a refusal of
+    the request as sent); again under r: the same 422, decided again, not a replay; the corrected
+    range, 2026-11-01 to 2026-12-01, under r: 200, carried out (its book has no charges: no
+    customer corrected), and once more under r: the same answer, one re-rate."""
+    tag = uuid.uuid4().hex[:8]
+    async with api_client(database_url, admin=ADMIN, send_admin=True) as client:
+        book = await _book_and_customer(client, f"rk-r-{tag}")
+        [version] = [v["version"] for v in (await client.get(f"/v1/price-books/{book}")).json()["versions"]]
+        key = {"Idempotency-Key": f"r-{tag}"}
+        body = {"price_book": book, "version": version, "mode": "apply"}
+        inverted = {**body, "from": "2026-12-01T00:00:00Z", "to": "2026-11-01T00:00:00Z"}
+        for _ in range(2):
+            refused = await client.post("/v1/rerate", json=inverted, headers=key)
+            assert _status(refused) == (422, "invalid_range", [], None), refused.text
+        corrected = {**body, "from": "2026-11-01T00:00:00Z", "to": "2026-12-01T00:00:00Z"}
+        made = await client.post("/v1/rerate", json=corrected, headers=key)
+        assert (made.status_code, made.json()["customers"], made.json()["errors"]) == (200, [], []), made.text
+        again = await client.post("/v1/rerate", json=corrected, headers=key)
+        assert (again.status_code, again.json()) == (200, made.json())
