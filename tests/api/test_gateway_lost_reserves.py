@@ -8,6 +8,7 @@ $0.001 a call."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from decimal import Decimal
@@ -36,7 +37,8 @@ from tests.api.test_gateway import (  # noqa: F401 (fixtures)
     tool_book,
     wallet,
 )
-from tests.api.test_gateway_retries import counted, reserve_faults
+from tests.api.test_gateway_edges import upstream  # noqa: F401 (a fixture)
+from tests.api.test_gateway_retries import counted, held_upstream, reserve_faults, scripted  # noqa: F401 (scripted: a fixture)
 
 HOLD = (9 * Decimal("12.5") + 1000 * OUT) / M + CALL  # the hold of HI: 9 prompt tokens at the write price, 1,000 out
 
@@ -229,3 +231,44 @@ def test_a_gateway_made_id_whose_reserve_stays_unanswered_is_retried_by_the_clie
     _asked(tries, 5)  # 3 of the first request, 1 of the second, 1 of the reclaim
     assert tries == ["lost", "down", "down", "ok", "ok"]
     assert wallet(url, cid) == (Decimal("9.9900"), 0)
+
+
+def test_a_reserve_unanswered_three_times_under_an_id_another_call_holds_leaves_that_call_its_hold(
+        scripted, upstream, monkeypatch):  # noqa: F811
+    """Call A under the caller's own request id holds and is upstream; call B, the same id and body,
+    sent meanwhile, has each of its 3 reserves run and its answer lost (each a conflict: its hash
+    carries B's own nonce, 92d457c, so A's kept answer is no replay of B's). The gateway cannot
+    tell: 503 service_unavailable, x-should-retry false (the caller's id), never sent upstream,
+    charged 0; and its reclaim asks for B's kept answer, which is A's under another hash: a
+    conflict, nothing released. A's hold stays held while A is upstream, (9 prompt tokens x 12.50
+    + 50 x 20) per 1M + 0.001 = 0.0011125 + 0.001 = 0.0021125 (9.9978875 available), and A is
+    answered 200 and charged once, CHAT_CHARGE (1,000 prompt, 200 of them cached, 40 out: (800 x
+    10 + 200 x 1 + 40 x 20) per 1M + 0.001 = 0.0100): 9.99 available, nothing held, one
+    reservation. Guard: passed when written."""
+    url, _ = scripted
+    cid, key = customer(scripted)
+    rid = f"gw-twice-lost-{uuid.uuid4().hex[:8]}"
+    name, arrived, release, send, answers = held_upstream(upstream, url, key, rid)
+    tries = reserve_faults(monkeypatch, lambda c: c.request_id == rid, ["ok", "lost", "lost", "lost"])
+    first = threading.Thread(target=send, args=("A",))
+    first.start()
+    try:
+        assert arrived.wait(30)
+        send("B")
+        _asked(tries, 5)  # A's reserve, B's 3, B's reclaim (0.5 s after its 503)
+        with admin(url) as http:
+            held = http.get(f"/v1/customers/{cid}/wallet").json()
+    finally:
+        release.set()
+        first.join(30)
+    assert tries == ["ok", "lost", "lost", "lost", "ok"], tries
+    refused = answers["B"]
+    assert refused.status_code == 503 and refused.json()["error"]["code"] == "service_unavailable", refused.text
+    assert refused.headers["x-should-retry"] == "false" and refused.headers["x-tokentill-charged"] == "0"
+    assert (9 * Decimal("12.5") + 50 * OUT) / M + CALL == Decimal("0.0021125")
+    assert (Decimal(held["available"]), Decimal(held["reserved"])) == (Decimal("9.9978875"), Decimal("0.0021125"))
+    assert answers["A"].status_code == 200, answers["A"].text
+    assert Decimal(answers["A"].headers["x-tokentill-charged"]) == CHAT_CHARGE == Decimal("0.0100")
+    assert sum(call["model"] == name for call in upstream.fake.calls) == 1
+    assert charged(url, rid) == CHAT_CHARGE and _reservations(url, rid) == 1
+    assert wallet(url, cid) == (Decimal("9.99"), 0)

@@ -326,6 +326,30 @@ def test_the_fakes_anthropic_errors_to_a_stream_say_x_should_retry_true_too(live
     assert wallet(url, cid) == (Decimal("10"), 0)
 
 
+def held_upstream(scripts: Any, url: str, key: str,
+                  rid: str) -> tuple[str, threading.Event, threading.Event, Callable[[str], None], dict[str, Any]]:
+    """(a model the upstream `scripts` answers, WHOLE, only once `release` is set, `arrived` set when a call
+    reaches it; `send(which)`, which posts a chat call of it, 50 tokens at most, under request id
+    `rid` and keeps its answer in `answers[which]`; answers)."""
+    arrived, release = threading.Event(), threading.Event()
+
+    async def slow(send: Any, receive: Any) -> None:
+        arrived.set()
+        await asyncio.to_thread(release.wait, 60)
+        await start(send, b"application/json", len(WHOLE))
+        await body(send, WHOLE, more=False)
+
+    name = model(scripts, slow)
+    answers: dict[str, httpx.Response] = {}
+
+    def send(which: str) -> None:
+        answers[which] = httpx.post(f"{url}/openai/v1/chat/completions", timeout=60, json={
+            "model": name, "messages": HI, "max_tokens": 50}, headers={
+            "Authorization": f"Bearer {key}", "x-tokentill-request-id": rid})
+
+    return name, arrived, release, send, answers
+
+
 def test_a_request_id_sent_twice_at_once_whose_second_reserve_went_unanswered_is_409_not_a_second_call(
         scripted, upstream, monkeypatch):  # noqa: F811
     """Call A under the caller's own request id holds and is upstream; call B, the same id and
@@ -340,23 +364,8 @@ def test_a_request_id_sent_twice_at_once_whose_second_reserve_went_unanswered_is
     url, _ = scripted
     cid, key = customer(scripted)
     rid = f"gw-twice-{uuid.uuid4().hex[:8]}"
-    arrived, release = threading.Event(), threading.Event()
-
-    async def slow(send: Any, receive: Any) -> None:
-        arrived.set()
-        await asyncio.to_thread(release.wait, 60)
-        await start(send, b"application/json", len(WHOLE))
-        await body(send, WHOLE, more=False)
-
-    name = model(upstream, slow)
+    name, arrived, release, send, answers = held_upstream(upstream, url, key, rid)
     tries = _reserve_faults(monkeypatch, rid, ["ok", "down"])
-    answers: dict[str, httpx.Response] = {}
-
-    def send(which: str) -> None:
-        answers[which] = httpx.post(f"{url}/openai/v1/chat/completions", timeout=60, json={
-            "model": name, "messages": HI, "max_tokens": 50}, headers={
-            "Authorization": f"Bearer {key}", "x-tokentill-request-id": rid})
-
     first = threading.Thread(target=send, args=("A",))
     first.start()
     assert arrived.wait(30)
