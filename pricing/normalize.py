@@ -31,24 +31,25 @@ informational ``details``.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from pricing.errors import InvalidUsageError, field_error
+from pricing.errors import InvalidUsageError
 from pricing.units import FIELD_OF, FORMAT_1_TYPES, TYPE_OF_FIELD
-from pricing.usage import MAX_QUANTITY, check_count
+from pricing.usage import MAX_QUANTITY
+from pricing.usage_reader import (  # NormalizedUsage, CANONICAL_FIELDS, UNSPLIT: read from here too
+    CANONICAL_FIELDS,
+    TOKEN_TYPE_OF,
+    UNSPLIT,
+    NormalizedUsage,
+    UsageReader,
+    normalized,
+)
 
-# the cache writes an Anthropic usage gives in all but not by TTL (NormalizedUsage.unsplit_cache_writes)
-UNSPLIT = "cache_writes_unsplit"
-CANONICAL_FIELDS = ("input_tokens", "cached_input_tokens", "cache_write_tokens", "output_tokens",
-                    "reasoning_tokens")
 # the format 2 types, and tool_tokens (format 1's `tool`: tokens the caller counts apart from its input)
 EXTRA_FIELDS = tuple(f for t, f in FIELD_OF.items() if t not in FORMAT_1_TYPES or t == "tool")
-_TOKEN_TYPE_OF = {f: TYPE_OF_FIELD[f] for f in CANONICAL_FIELDS}
 _COUNTED_FIELDS = (*CANONICAL_FIELDS, *EXTRA_FIELDS)
 _NO_COUNTS = {TYPE_OF_FIELD[name]: 0 for name in _COUNTED_FIELDS}
 assert len(_NO_COUNTS) == len(_COUNTED_FIELDS)  # one rating type per field: no field overwrites another
-MAX_SERVICE_TIER = 40
 # the canonical usage's strings beside its counts: the tier that served the call and where it ran
 TIER_FIELDS = ("service_tier", "inference_geo")
 NO_COUNT = ('gives no count: send what the call used, 0 where it used nothing '
@@ -56,141 +57,11 @@ NO_COUNT = ('gives no count: send what the call used, 0 where it used nothing '
 MODALITIES = ("audio", "image", "video")
 
 
-@dataclass(frozen=True, slots=True)
-class NormalizedUsage:
-    """Disjoint canonical counts, where they came from, format 2 counts (``extra``, by rating
-    type), the service tier the provider reported, and informational subsets."""
-
-    input_tokens: int
-    cached_input_tokens: int
-    cache_write_tokens: int
-    output_tokens: int
-    reasoning_tokens: int
-    source: str = "canonical"
-    details: tuple[tuple[str, int], ...] = ()
-    extra: tuple[tuple[str, int], ...] = ()
-    service_tier: str | None = None
-    inference_geo: str | None = None  # Anthropic: where the call ran ("us"), which prices it as the tier does
-
-    def as_usage_fields(self) -> dict[str, Any]:
-        """The canonical ``usage`` object of the API (format 2 fields and the tier when given)."""
-        fields: dict[str, Any] = {name: getattr(self, name) for name in CANONICAL_FIELDS}
-        fields.update((FIELD_OF[t], v) for t, v in self.extra)
-        if self.service_tier is not None:
-            fields["service_tier"] = self.service_tier
-        if self.inference_geo is not None:
-            fields["inference_geo"] = self.inference_geo
-        return fields
-
-    def token_counts(self) -> dict[str, int]:
-        """Counts keyed by rating token type (input, cached_input, ...), zeros omitted."""
-        counts = {_TOKEN_TYPE_OF[n]: getattr(self, n) for n in CANONICAL_FIELDS}
-        counts.update(self.extra)
-        return {t: v for t, v in counts.items() if v}
-
-    @property
-    def unsplit_cache_writes(self) -> int:
-        """Cache writes the usage counts in all but not by TTL (Anthropic's), taken as 5-minute ones."""
-        return dict(self.details).get(UNSPLIT, 0)
-
-    def dimensions(self) -> dict[str, str]:
-        """What the usage itself says about the price: its service tier, where it ran."""
-        return {name: value for name, value in (("service_tier", self.service_tier),
-                                                ("inference_geo", self.inference_geo)) if value is not None}
-
-
-class _Reader:
-    """Reads integer fields of a provider object, collecting every error with its path."""
-
-    def __init__(self, obj: object, kind: str) -> None:
-        if not isinstance(obj, Mapping):
-            raise InvalidUsageError(kind, "must be an object")
-        self.obj = obj
-        self.errors: list[dict[str, str]] = []
-
-    def count(self, *path: str, required: bool = False) -> int:
-        value: Any = self.obj
-        for i, key in enumerate(path):
-            if value is None:
-                break
-            if not isinstance(value, Mapping):
-                self.errors.append(field_error(".".join(path[:i]), "must be an object"))
-                return 0
-            value = value.get(key)
-        if value is None:
-            if required:
-                self.errors.append(field_error(".".join(path), "is required"))
-            return 0
-        return check_count(value, ".".join(path), self.errors)
-
-    def tier(self, *path: str) -> str | None:
-        """The service tier the provider reported, if any (a short string)."""
-        value: Any = self.obj
-        for key in path:
-            value = value.get(key) if isinstance(value, Mapping) else None
-        if value is None:
-            return None
-        self.check(isinstance(value, str) and 0 < len(value) <= MAX_SERVICE_TIER, ".".join(path),
-                   f"must be a string of 1 to {MAX_SERVICE_TIER} characters")
-        return value if isinstance(value, str) else None
-
-    def by_modality(self, name: str) -> dict[str, int]:
-        """Gemini's ``[{"modality": "AUDIO", "tokenCount": n}, ...]`` as counts by lower-case
-        modality (DOCUMENT counted as image)."""
-        items = self.obj.get(name)
-        out: dict[str, int] = {}
-        if items is None:
-            return out
-        if not isinstance(items, list):
-            self.check(False, name, "must be a list")
-            return out
-        for i, item in enumerate(items):
-            if not isinstance(item, Mapping) or not isinstance(item.get("modality"), str):
-                self.check(False, f"{name}[{i}]", "must be an object with a modality")
-                continue
-            modality = item["modality"].lower()
-            modality = "image" if modality == "document" else modality
-            count = check_count(item.get("tokenCount", 0), f"{name}[{i}].tokenCount", self.errors)
-            out[modality] = out.get(modality, 0) + count
-        return out
-
-    def part(self, whole: int, part: int, name: str, whole_name: str, *also: str) -> int:
-        """``part``, checked to be within ``whole``, unless ``whole`` is refused already: a detail
-        not given reads 0, each 'exceeded' a refused total (or ``also``, in it), naming fields never sent."""
-        self.check(part <= whole or self.refused(name, whole_name, *also), name, f"exceeds {whole_name}")
-        return part
-
-    def refused(self, *names: str) -> bool:
-        """Whether any of the fields `names` is refused already (a sum of them says nothing more)."""
-        return any(e["field"] in names for e in self.errors)
-
-    def check(self, ok: bool, name: str, message: str) -> None:
-        if not ok:
-            self.errors.append(field_error(name, message))
-
-    def done(self) -> None:
-        if self.errors:
-            raise InvalidUsageError(self.errors)
-
-
-def _result(r: _Reader, source: str, counts: dict[str, int], tier: str | None,
-            details: Mapping[str, int] | None = None, geo: str | None = None) -> NormalizedUsage:
-    """Build the normalized usage once every count is read and checked non-negative."""
-    if not r.errors:
-        for name, value in counts.items():
-            r.check(value >= 0, name, "the subsets reported exceed their total")
-    r.done()
-    base = [counts.pop(t, 0) for t in ("input", "cached_input", "cache_write", "output", "reasoning")]
-    extra = tuple((t, v) for t, v in counts.items() if v)
-    kept = tuple(sorted((k, v) for k, v in (details or {}).items() if v))
-    return NormalizedUsage(*base, source, kept, extra, tier, geo)
-
-
 _OTHER_SHAPE = {"prompt_tokens": "input_tokens", "completion_tokens": "output_tokens",
                 "input_tokens": "prompt_tokens", "output_tokens": "completion_tokens"}
 
 
-def _details(r: _Reader, total_name: str) -> str:
+def _details(r: UsageReader, total_name: str) -> str:
     """The name of the details of `total_name` that the usage gives: its own shape's, else the other
     API's (an OpenAI-compatible upstream may send Responses totals with Chat details, or the reverse);
     both given with different counts is refused, as no count can be chosen (a count of 0 or null
@@ -212,7 +83,7 @@ def _counted(value: Any) -> Any:
     return {k: v for k, v in kept.items() if v is not None and not (type(v) is int and v == 0) and v != {}}
 
 
-def _openai(r: _Reader, prompt_name: str, completion_name: str, source: str) -> NormalizedUsage:
+def _openai(r: UsageReader, prompt_name: str, completion_name: str, source: str) -> NormalizedUsage:
     """Subtract the subsets out of OpenAI's inclusive totals (both APIs), the details read under
     either API's names."""
     inp, out = _details(r, prompt_name), _details(r, completion_name)
@@ -223,15 +94,25 @@ def _openai(r: _Reader, prompt_name: str, completion_name: str, source: str) -> 
     write = r.count(inp, "cache_write_tokens")
     reasoning = r.part(completion, r.count(out, "reasoning_tokens"), f"{out}.reasoning_tokens", completion_name)
     counts = {"cache_write": write, "reasoning": reasoning}
-    cached_by = {m: r.count(inp, "cached_tokens_details", f"{m}_tokens") for m in MODALITIES}
-    for m in MODALITIES:
+    for m in MODALITIES:  # cached audio and image are inside both the cached and the modality's counts
         modal = r.part(prompt, r.count(inp, f"{m}_tokens"), f"{inp}.{m}_tokens", prompt_name)
-        counts[f"cached_input_{m}"] = cached_by[m]
-        counts[f"input_{m}"] = modal - cached_by[m]
+        counts[f"cached_input_{m}"] = r.part(modal, r.count(inp, "cached_tokens_details", f"{m}_tokens"),
+                                             f"{inp}.cached_tokens_details.{m}_tokens", f"{inp}.{m}_tokens")
+        counts[f"input_{m}"] = modal - counts[f"cached_input_{m}"]
         counts[f"output_{m}"] = r.part(completion, r.count(out, f"{m}_tokens"), f"{out}.{m}_tokens", completion_name)
-    counts["cached_input"] = cached - sum(cached_by.values())
-    counts["input"] = prompt - cached - write - sum(counts[f"input_{m}"] for m in MODALITIES)
-    counts["output"] = completion - reasoning - sum(counts[f"output_{m}"] for m in MODALITIES)
+    # each sum of details within its total, named as sent (was: the rating type it made negative)
+    cached_by = sum(counts[f"cached_input_{m}"] for m in MODALITIES)
+    r.within(cached, cached_by, f"{inp}.cached_tokens_details", f"audio_tokens + image_tokens + video_tokens "
+             f"({cached_by}) exceed {inp}.cached_tokens ({cached})", f"{inp}.cached_tokens", prompt_name)
+    counts["cached_input"] = cached - cached_by
+    parts = cached + write + sum(counts[f"input_{m}"] for m in MODALITIES)
+    r.within(prompt, parts, inp, f"cached_tokens + cache_write_tokens + the audio, image and video tokens not "
+             f"cached ({parts}) exceed {prompt_name} ({prompt})", prompt_name)
+    counts["input"] = prompt - parts
+    parts = reasoning + sum(counts[f"output_{m}"] for m in MODALITIES)
+    r.within(completion, parts, out, f"reasoning_tokens + audio_tokens + image_tokens + video_tokens ({parts}) "
+             f"exceed {completion_name} ({completion})", completion_name)
+    counts["output"] = completion - parts
     if r.obj.get("total_tokens") is not None:
         total = r.count("total_tokens")
         r.check(total == prompt + completion or r.refused("total_tokens", prompt_name, completion_name), "total_tokens",
@@ -239,17 +120,17 @@ def _openai(r: _Reader, prompt_name: str, completion_name: str, source: str) -> 
     details = {f"{k}_prediction_tokens": r.part(completion, r.count(out, f"{k}_prediction_tokens"),
                                                 f"{out}.{k}_prediction_tokens", completion_name)
                for k in ("accepted", "rejected")}
-    return _result(r, source, counts, r.tier("service_tier"), details)
+    return normalized(r, source, counts, r.tier("service_tier"), details)
 
 
 def normalize_openai_chat(usage: Mapping[str, Any]) -> NormalizedUsage:
     """Chat Completions (or embeddings) ``usage`` -> canonical counts."""
-    return _openai(_Reader(usage, "openai_usage"), "prompt_tokens", "completion_tokens", "openai_chat")
+    return _openai(UsageReader(usage, "openai_usage"), "prompt_tokens", "completion_tokens", "openai_chat")
 
 
 def normalize_openai_responses(usage: Mapping[str, Any]) -> NormalizedUsage:
     """Responses API ``usage`` -> canonical counts."""
-    return _openai(_Reader(usage, "openai_usage"), "input_tokens", "output_tokens", "openai_responses")
+    return _openai(UsageReader(usage, "openai_usage"), "input_tokens", "output_tokens", "openai_responses")
 
 
 def normalize_openai(usage: Mapping[str, Any]) -> NormalizedUsage:
@@ -269,7 +150,7 @@ def normalize_openai(usage: Mapping[str, Any]) -> NormalizedUsage:
 
 def normalize_anthropic(usage: Mapping[str, Any]) -> NormalizedUsage:
     """Anthropic Messages ``usage`` -> canonical counts (nested cache_creation tolerated)."""
-    r = _Reader(usage, "anthropic_usage")
+    r = UsageReader(usage, "anthropic_usage")
     inp = r.count("input_tokens", required=True)
     out = r.count("output_tokens", required=True)
     read = r.count("cache_read_input_tokens")
@@ -293,7 +174,7 @@ def normalize_anthropic(usage: Mapping[str, Any]) -> NormalizedUsage:
               "web_search": r.count("server_tool_use", "web_search_requests")}
     details = {"web_fetch_requests": r.count("server_tool_use", "web_fetch_requests"),
                UNSPLIT: write - five - hour}  # no split at all (no cache_creation): every write
-    return _result(r, "anthropic", counts, r.tier("service_tier"), details, r.tier("inference_geo"))
+    return normalized(r, "anthropic", counts, r.tier("service_tier"), details, r.tier("inference_geo"))
 
 
 GEMINI_COUNTS = ("promptTokenCount", "cachedContentTokenCount", "candidatesTokenCount", "thoughtsTokenCount",
@@ -304,7 +185,7 @@ def normalize_gemini(usage: Mapping[str, Any]) -> NormalizedUsage:
     """Google Gemini ``usageMetadata`` -> canonical counts. One that gives none of its counts (``{}``,
     google-genai's ``model_dump()`` in snake_case, a total alone) is refused, as canonical usage
     with no count is: it was a call that used nothing."""
-    r = _Reader(usage, "gemini_usage")
+    r = UsageReader(usage, "gemini_usage")
     r.check(any(usage.get(name) is not None for name in GEMINI_COUNTS), "gemini_usage",
             f"gives none of Gemini's counts ({', '.join(GEMINI_COUNTS)}): send usageMetadata in its JSON "
             'names, 0 where the call used nothing ({"promptTokenCount": 0})')
@@ -318,14 +199,27 @@ def normalize_gemini(usage: Mapping[str, Any]) -> NormalizedUsage:
         modal_in[m] = modal_in.get(m, 0) + n
     modal_cached, modal_out = r.by_modality("cacheTokensDetails"), r.by_modality("candidatesTokensDetails")
     counts: dict[str, int] = {"reasoning": thoughts}
-    for m in MODALITIES:
-        counts[f"cached_input_{m}"] = modal_cached.get(m, 0)
-        counts[f"input_{m}"] = modal_in.get(m, 0) - modal_cached.get(m, 0)
+    for m in MODALITIES:  # each sum of details within its total, named as sent (was: the rating type)
+        given, of = modal_cached.get(m, 0), modal_in.get(m, 0)
+        r.within(of, given, "cacheTokensDetails", f"{m.upper()}: {given} exceeds the {of} of promptTokensDetails + "
+                 "toolUsePromptTokensDetails", "promptTokensDetails", "toolUsePromptTokensDetails")
+        counts[f"cached_input_{m}"], counts[f"input_{m}"] = given, of - given
         counts[f"output_{m}"] = modal_out.get(m, 0)
-    counts["cached_input"] = cached - sum(modal_cached.get(m, 0) for m in MODALITIES)
-    counts["input"] = prompt - cached - sum(counts[f"input_{m}"] for m in MODALITIES)
-    counts["output"] = candidates - sum(counts[f"output_{m}"] for m in MODALITIES)
-    return _result(r, "gemini", counts, None)
+    named, prompt_counts = "AUDIO + IMAGE + VIDEO", ("promptTokenCount", "toolUsePromptTokenCount")
+    total = sum(modal_cached.get(m, 0) for m in MODALITIES)
+    r.within(cached, total, "cacheTokensDetails", f"{named} ({total}) exceed cachedContentTokenCount ({cached})",
+             "cachedContentTokenCount", *prompt_counts)
+    counts["cached_input"] = cached - total
+    total = cached + sum(counts[f"input_{m}"] for m in MODALITIES)
+    r.within(prompt, total, "promptTokensDetails", f"cachedContentTokenCount + the AUDIO, IMAGE and VIDEO tokens not "
+             f"cached ({total}) exceed promptTokenCount + toolUsePromptTokenCount ({prompt})", *prompt_counts,
+             "cachedContentTokenCount", "cacheTokensDetails", "toolUsePromptTokensDetails")
+    counts["input"] = prompt - total
+    total = sum(counts[f"output_{m}"] for m in MODALITIES)
+    r.within(candidates, total, "candidatesTokensDetails", f"{named} ({total}) exceed candidatesTokenCount "
+             f"({candidates})", "candidatesTokenCount")
+    counts["output"] = candidates - total
+    return normalized(r, "gemini", counts, None)
 
 
 _CANONICAL = frozenset(CANONICAL_FIELDS)
@@ -359,7 +253,7 @@ def _plain_values(usage: Any) -> tuple[int, int, int, int, int] | None:
             get("output_tokens") or 0, get("reasoning_tokens") or 0)
 
 
-_PLAIN_TYPES = tuple(_TOKEN_TYPE_OF[name] for name in CANONICAL_FIELDS)
+_PLAIN_TYPES = tuple(TOKEN_TYPE_OF[name] for name in CANONICAL_FIELDS)
 
 
 def plain_canonical_counts(usage: Any) -> tuple[dict[str, int], dict[str, Any]] | None:
@@ -380,7 +274,7 @@ def normalize_canonical(usage: Mapping[str, Any]) -> NormalizedUsage:
 
 
 def _read_canonical(usage: Mapping[str, Any]) -> NormalizedUsage:
-    r = _Reader(usage, "usage")
+    r = UsageReader(usage, "usage")
     for key in usage:
         r.check(key in CANONICAL_FIELDS or key in EXTRA_FIELDS or key in TIER_FIELDS, str(key),
                 "unknown usage field")
@@ -391,7 +285,7 @@ def _read_canonical(usage: Mapping[str, Any]) -> NormalizedUsage:
     # Usage that counts nothing at all ({}, nulls, a tier alone) is a lost report, most likely,
     # not a call that used nothing: that one says so with zeros.
     r.check(any(usage.get(name) is not None for name in _COUNTED_FIELDS), "usage", NO_COUNT)
-    return _result(r, "canonical", counts, r.tier("service_tier"), geo=r.tier("inference_geo"))
+    return normalized(r, "canonical", counts, r.tier("service_tier"), geo=r.tier("inference_geo"))
 
 
 # each usage form of a settle or usage event by its field: the one table the server's reading and the SDK's check use

@@ -26,7 +26,7 @@ from api.gateway.streams import (
 from api.routes.inputs import usage_tokens
 from api.routes.wire import money
 from pricing.errors import InvalidUsageError
-from pricing.normalize import MAX_SERVICE_TIER
+from pricing.usage_reader import MAX_SERVICE_TIER
 from wallets.commands import Release, ReserveResult
 
 if TYPE_CHECKING:

@@ -34,7 +34,7 @@ from ledger.db import RetriesExhaustedError, is_unavailable
 from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
-from pricing.normalize import MAX_SERVICE_TIER
+from pricing.usage_reader import MAX_SERVICE_TIER
 from wallets.commands import Settle
 from wallets.core.idempotency import IdemKey, Replayed
 

@@ -325,3 +325,63 @@ def test_a_refused_part_or_a_refused_count_of_its_total_is_named_once(normalize,
     with pytest.raises(InvalidUsageError) as refused:
         normalize(usage)
     assert [(f["field"], f["message"]) for f in refused.value.fields] == named
+
+
+_DETAILS_TOO_BIG = [
+    # 3 cached audio tokens, no audio_tokens given (0): the cached audio is inside the audio
+    (normalize_openai, {"prompt_tokens": 10, "completion_tokens": 5,
+                        "prompt_tokens_details": {"cached_tokens": 4, "cached_tokens_details": {"audio_tokens": 3}}},
+     [("prompt_tokens_details.cached_tokens_details.audio_tokens", "exceeds prompt_tokens_details.audio_tokens")]),
+    (normalize_openai, {"input_tokens": 10, "output_tokens": 5,
+                        "input_tokens_details": {"cached_tokens": 4, "cached_tokens_details": {"image_tokens": 3}}},
+     [("input_tokens_details.cached_tokens_details.image_tokens", "exceeds input_tokens_details.image_tokens")]),
+    # 3 + 1 = 4 cached audio and image tokens, of 2 cached
+    (normalize_openai, {"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {
+        "cached_tokens": 2, "audio_tokens": 3, "image_tokens": 1,
+        "cached_tokens_details": {"audio_tokens": 3, "image_tokens": 1}}},
+     [("prompt_tokens_details.cached_tokens_details",
+       "audio_tokens + image_tokens + video_tokens (4) exceed prompt_tokens_details.cached_tokens (2)")]),
+    # 6 cached + 1 written + 6 audio (none cached) = 13 of a prompt of 10
+    (normalize_openai, {"prompt_tokens": 10, "completion_tokens": 5, "prompt_tokens_details": {
+        "cached_tokens": 6, "cache_write_tokens": 1, "audio_tokens": 6}},
+     [("prompt_tokens_details", "cached_tokens + cache_write_tokens + the audio, image and video tokens not "
+                                "cached (13) exceed prompt_tokens (10)")]),
+    # 6 reasoning + 6 audio = 12 of an output of 10
+    (normalize_openai, {"input_tokens": 10, "output_tokens": 10,
+                        "output_tokens_details": {"reasoning_tokens": 6, "audio_tokens": 6}},
+     [("output_tokens_details",
+       "reasoning_tokens + audio_tokens + image_tokens + video_tokens (12) exceed output_tokens (10)")]),
+    # 5 cached audio tokens, none in the prompt's details
+    (normalize_gemini, {"promptTokenCount": 10, "cachedContentTokenCount": 5,
+                        "cacheTokensDetails": [{"modality": "AUDIO", "tokenCount": 5}]},
+     [("cacheTokensDetails", "AUDIO: 5 exceeds the 0 of promptTokensDetails + toolUsePromptTokensDetails")]),
+    # 5 cached audio tokens of 2 cached
+    (normalize_gemini, {"promptTokenCount": 10, "cachedContentTokenCount": 2,
+                        "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": 5}],
+                        "cacheTokensDetails": [{"modality": "AUDIO", "tokenCount": 5}]},
+     [("cacheTokensDetails", "AUDIO + IMAGE + VIDEO (5) exceed cachedContentTokenCount (2)")]),
+    # 20 audio tokens of a prompt of 10
+    (normalize_gemini, {"promptTokenCount": 10, "promptTokensDetails": [{"modality": "AUDIO", "tokenCount": 20}]},
+     [("promptTokensDetails", "cachedContentTokenCount + the AUDIO, IMAGE and VIDEO tokens not cached (20) exceed "
+                              "promptTokenCount + toolUsePromptTokenCount (10)")]),
+    # 20 video tokens of 10 candidates
+    (normalize_gemini, {"promptTokenCount": 1, "candidatesTokenCount": 10,
+                        "candidatesTokensDetails": [{"modality": "VIDEO", "tokenCount": 20}]},
+     [("candidatesTokensDetails", "AUDIO + IMAGE + VIDEO (20) exceed candidatesTokenCount (10)")]),
+]
+
+
+@pytest.mark.parametrize(("normalize", "usage", "named"), _DETAILS_TOO_BIG, ids=[
+    "chat-cached-audio", "responses-cached-image", "chat-cached-modalities", "chat-prompt-parts",
+    "responses-output-parts", "gemini-cached-audio", "gemini-cached-modalities", "gemini-prompt-parts",
+    "gemini-candidates-parts"])
+def test_details_past_their_total_are_named_as_the_provider_sent_them(normalize, usage, named):
+    """Counts inside another that exceed it were refused naming the rating types they make,
+    which no provider sends: OpenAI's prompt_tokens_details.cached_tokens_details.audio_tokens 3
+    beside no audio_tokens was "input_audio: the subsets reported exceed their total", its
+    cached modalities past cached_tokens "cached_input", the prompt's parts past prompt_tokens
+    "input", the output's "output"; Gemini's alike. Each is named as the provider sent it, and a
+    sum says what it adds and both figures."""
+    with pytest.raises(InvalidUsageError) as refused:
+        normalize(usage)
+    assert [(f["field"], f["message"]) for f in refused.value.fields] == named
