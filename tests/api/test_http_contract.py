@@ -7,6 +7,7 @@ import gzip
 import json
 import re
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import jsonschema_rs  # schemathesis brings it
 import msgspec
@@ -119,6 +120,26 @@ async def test_a_compressed_body_is_415_not_malformed_json(client, customer):
     plain = await client.post(f"/v1/customers/{customer}/topups", content=b'{"amount": "1.00"}',
                               headers={**JSON, "Content-Encoding": "identity"})
     assert plain.status_code == 201, plain.text
+
+
+@pytest.mark.parametrize(("coding", "status"), [
+    (None, 201), ("identity", 201), (" Identity ", 201), ("deflate", 415), ("identity, gzip", 415)])
+async def test_a_body_without_a_content_coding_or_identity_is_taken_and_any_other_is_a_problem_415(
+        client, customer, coding, status):
+    """Guard (67a0974, README Request limits): a plain body with no Content-Encoding, or
+    `identity` (any case, spaces around it), is taken: 201, topped up 1.00; any other coding,
+    a list that names one beside identity too, is 415 application/problem+json, code
+    unsupported_media_type, naming the coding, nothing topped up."""
+    before = await _available(client, customer)
+    headers = {**JSON, **({} if coding is None else {"Content-Encoding": coding})}
+    response = await client.post(f"/v1/customers/{customer}/topups", content=b'{"amount": "1.00"}', headers=headers)
+    if status == 201:
+        assert response.status_code == 201, response.text
+        assert Decimal(await _available(client, customer)) == Decimal(before) + 1
+        return
+    body = _refused(response, 415, "unsupported_media_type")
+    assert body["detail"] == f"Content-Encoding {coding.strip()} is not supported: send the body uncompressed"
+    assert await _available(client, customer) == before
 
 
 @pytest.mark.parametrize("content, headers, message", [
