@@ -238,7 +238,10 @@ def _validation(request: Request, exc: ValidationException) -> Response:
             field = item.get("key") or item.get("source") or "body"
             fields.append({"field": "body" if field == "data" else _sent_as(request, field),
                            "message": item.get("message", "")})
-    return problem(422, "validation_error", exc.detail or "invalid request", request, fields=fields)
+    detail = exc.detail or "invalid request"
+    if fields and detail.startswith("Validation failed for "):  # Litestar's own, the request echoed back
+        detail = "; ".join(f"{f['field']}: {f['message']}" for f in fields)  # as every other refusal's
+    return problem(422, "validation_error", detail, request, fields=fields)
 
 
 def _sent_as(request: Request, argument: str) -> str:

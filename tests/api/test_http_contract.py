@@ -414,6 +414,21 @@ async def test_a_non_integer_limit_is_a_422_naming_it(client, path, query):
     assert [f["field"] for f in body["fields"]] == ["limit"], body
 
 
+@pytest.mark.parametrize("query", ["limit=0", "limit=1001"])
+@pytest.mark.parametrize("path", [*LISTS, "/v1/customers/none/invoices", "/v1/receivables/ageing",
+                                  "/v1/customers/none/usage?from=2026-12-01T00:00:00Z&to=2027-01-01T00:00:00Z"])
+async def test_a_limit_out_of_range_is_a_422_whose_detail_names_it(client, path, query):
+    """A limit out of range (1 to 1,000) was a 422 whose `fields` named `limit` but whose detail was
+    Litestar's "Validation failed for GET /v1/journal?limit=0", the request echoed back, where every
+    other refusal's detail says the field and what is wrong with it ("limit: must be an integer:
+    digits only"). Now the detail is the fields' messages, each after its field."""
+    sep = "&" if "?" in path else "?"
+    body = _refused(await client.get(f"{path}{sep}{query}", headers=ADMIN), 422, "validation_error")
+    assert [f["field"] for f in body["fields"]] == ["limit"], body
+    bound = "Expected `int` >= 1" if query == "limit=0" else "Expected `int` <= 1000"
+    assert body["detail"] == f"limit: {bound}", body
+
+
 @pytest.mark.parametrize("path", LISTS[3:])
 async def test_a_non_integer_before_is_a_422_naming_it(client, path):
     body = _refused(await client.get(f"{path}?before=2.0", headers=ADMIN), 422, "validation_error")
