@@ -73,6 +73,7 @@ class BudgetChange:
 def valid(spec: BudgetSpec) -> None:
     """Refuse a budget that cannot mean anything, naming the field (422): run once its key is read
     (acadff6), and before its customer is found missing (422 before 404)."""
+    rules.check_key(spec.api_key, spec.dimensions)
     rules.validate(spec.window, spec.metric, spec.mode, spec.limit, spec.thresholds, spec.time_zone, spec.model)
 
 

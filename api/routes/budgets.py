@@ -133,6 +133,16 @@ def _limit(metric: str, value: Any) -> int:
     return value
 
 
+def _some_limit(value: Any) -> None:
+    """Refuse a limit no metric takes, where no budget names the metric (a change of a missing one:
+    422 before 404): a string is read as money (a count's is no string), else a count's range."""
+    if isinstance(value, str):
+        _limit("money", value)
+    elif type(value) is not int or not 1 <= value <= MAX_COUNT:  # a bool, a float, an object: no count either
+        raise WalletValidationError("limit", f'a decimal string (money, such as "10.00") or an integer from 1 '
+                                    f"to {MAX_COUNT} (tokens, requests)")
+
+
 class _Create(CreateBudgetRequest, forbid_unknown_fields=True):
     """CreateBudgetRequest as it is shaped: its limit as sent, for _limit."""
 
@@ -249,6 +259,8 @@ async def change_budget(state: State, request: Request, budget_id: FromPath[str]
     except NotFoundError:
         if data.thresholds is not None:  # the body as sent before what it names (422 before 404)
             check_thresholds(data.thresholds)
+        if data.limit is not None:
+            _some_limit(data.limit)
         raise
     check = _changeable(request, budget_id)
 

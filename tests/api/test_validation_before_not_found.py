@@ -56,6 +56,11 @@ PAST = "2000-01-01T00:00:00Z"  # before any now: a lot must expire in the future
 PATH_CASES = [
     # thresholds are distinct percentages from 1 to 1000: [500] is valid (a missing budget's is 404)
     ("budget-thresholds", "PATCH", f"/v1/budgets/bud_{MISSING}", {"thresholds": [50, 50]}, "thresholds"),
+    # a limit no metric takes (money: a decimal string; a count: an integer from 1): it was 404, as its
+    # words wait for the budget's metric; "10.00" and 10 are limits of some metric, so theirs stays 404
+    ("budget-limit-text", "PATCH", f"/v1/budgets/bud_{MISSING}", {"limit": "abc"}, "limit"),
+    ("budget-limit-bool", "PATCH", f"/v1/budgets/bud_{MISSING}", {"limit": True}, "limit"),
+    ("budget-limit-negative", "PATCH", f"/v1/budgets/bud_{MISSING}", {"limit": -1}, "limit"),
     ("payment-amount", "POST", f"/v1/invoices/inv_{MISSING}/payments", {"amount": "abc", "reference": "order-ref"},
      "amount"),
     # tokentill's own namespace of references (topup:, rerate:, ...): refused from the body alone
@@ -106,3 +111,13 @@ async def test_a_body_refused_in_itself_for_a_path_that_names_nothing_is_422_bef
                 answer.text
             )
             assert answer.headers.get("idempotent-replayed") is None
+
+
+async def test_a_change_of_a_missing_budget_to_a_limit_some_metric_takes_is_404(database_url: str):
+    """Guard: "10.00" (a money limit) and 10 (a count) are limits of some metric: a missing budget's
+    change to either is 404 not_found, with a key or none."""
+    async with api_client(database_url, admin=ADMIN, send_admin=True) as client:
+        for limit in ("10.00", 10):
+            for key in ({}, {"Idempotency-Key": uuid.uuid4().hex}):
+                answer = await client.patch(f"/v1/budgets/bud_{MISSING}", json={"limit": limit}, headers=key)
+                assert (answer.status_code, answer.json()["code"]) == (404, "not_found"), answer.text

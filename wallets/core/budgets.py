@@ -362,6 +362,14 @@ def ensure_room(customer_id: str, set_by: str, live: int, most: int) -> None:
                                   customer_id=customer_id, set_by=set_by, limit=most)
 
 
+def check_key(api_key: str | None, dimensions: Mapping[str, str]) -> None:
+    """Refuse a budget on a key that names another key in its dimensions: a call counts under one
+    key (its dimensions.api_key, which `matches` compares with both), so it bound no call (201)."""
+    if api_key is not None and dimensions.get("api_key", api_key) != api_key:
+        raise WalletValidationError("dimensions.api_key", f"the budget's api_key is {api_key}: a call counts "
+                                    "under one key, so a dimensions.api_key of another binds no call")
+
+
 def validate(window: str, metric: str, mode: str, limit: int, thresholds: Iterable[int],
              time_zone: str | None, model: str | None = None) -> None:
     """Refuse a budget that cannot mean anything (names the field)."""

@@ -40,6 +40,9 @@ BAD_CREATES = [
     ({"window": "minute", "metric": "tokens", "limit": 1000, "time_zone": "Asia/Tokyo"}, "time_zone"),
     ({"window": "request", "time_zone": "Asia/Tokyo"}, "time_zone"),
     ({"window": "lifetime", "time_zone": "UTC"}, "time_zone"),
+    # the key twice, two keys: a call counts under one key (dimensions.api_key), so a budget on k1 that
+    # also wants dimensions.api_key k2 bound no call at all (201, and the cap set on k1 capped nothing)
+    ({"api_key": "k1", "dimensions": {"api_key": "k2"}}, "dimensions.api_key"),
 ]
 
 
