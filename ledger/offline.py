@@ -654,15 +654,22 @@ def _print(report: OfflineReport, expect_head: str | None) -> None:
     # a window from the chain's first seal leaves none out before it (it was cautioned so all the same)
     left = ([] if report.from_genesis else ["before its first"]) + (
         [f"in {report.gaps:,} gap(s) between its seals"] if report.gaps else [])
-    if not report.whole and left:
+    sealless = not report.whole and report.head is None  # no first seal to name, no head --expect-head can find
+    if sealless and not report.entries:  # an empty window: valid, but nothing sealed says it was empty
+        print("note: a window export of no entry (its header says so): an empty window is a valid export, but no "
+              "seal in it vouches that the ledger has no entry in that window; verify a whole export to know")
+    elif sealless:
+        print("note: a window export (its header says so) with no seal: the seals before its entries are not in it, "
+              "so nothing here shows that none was removed; verify a whole export to know")
+    elif not report.whole and left:
         print(f"note: a window export (its header says so): the seals {' and '.join(left)} are not in it, so "
               "nothing here shows that none was removed; verify a whole export to know")
-    if not expect_head:
-        print("note: compare the chain head with one obtained apart from this file (--expect-head)")
-    else:
+    if expect_head:
         found = _passes(report, expect_head)
         print(f"seal {found['seal']} has chain hash {expect_head}: the chain passes through it "
               f"({found['after']} seal(s) after it in the file)")
+    elif not sealless:  # without a seal --expect-head fails (_expected): the note above says what to do
+        print("note: compare the chain head with one obtained apart from this file (--expect-head)")
 
 
 def _passes(report: OfflineReport, head: str) -> dict[str, object] | None:

@@ -206,7 +206,8 @@ def test_a_window_in_jsonl_carries_whole_seals_and_verifies(chain_url, tmp_path)
     (("--from", "2026-01-01T00:05:00Z", "--to", "2026-01-01T00:05:01Z"), 300, False, True),  # entry 300 at `from`
     (("--from", "2026-01-01T00:14:30Z", "--to", "2026-01-01T00:14:31Z"), 1, False, True),  # unsealed 870 at `from`
     (("--from", "2026-01-01T00:14:29Z"), 300, False, True),  # to the head: seal 3 (entry 869) and the 30 unsealed
-    # empty (no seal: cautioned as before eee683f, "the seals before its first", of which it has none)
+    # empty: cautioned that no seal in it vouches that the window had no entry (it named "the seals before its
+    # first", of which it has none, until test_offline_header's test of an empty window)
     (("--from", "2026-01-01T00:05:00Z", "--to", "2026-01-01T00:05:00Z"), 0, False, True),
     (("--from", "2027-01-01T00:00:00Z"), 0, False, True),  # empty: after the last entry
 ])

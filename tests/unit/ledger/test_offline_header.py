@@ -191,3 +191,36 @@ def test_a_head_past_a_window_from_the_first_seal_is_named_as_past_its_end():
         f"no seal in the window export has chain hash {'a' * 64}: the window stops before that seal, the chain "
         "was rewritten since that head was taken, or the head is another ledger's "
         f"(the chain ends at {report.head})"]
+
+
+def test_an_empty_window_export_is_told_what_no_seal_leaves_unshown(tmp_path, capsys):
+    """An export of an empty window (`--from T --to T`, or a window with no entry) is a valid export:
+    it verifies (exit 0). It was cautioned 'the seals before its first are not in it', of a file with
+    no seal (no first), and told to 'compare the chain head with one obtained apart from this file
+    (--expect-head)', of a head '(no seal)' that --expect-head always fails ('the window export has
+    no seal'). The caution stands (nothing sealed says the ledger had no entry in the window): it
+    now says so, and what to do, verify a whole export; it no longer sends the auditor to --expect-head."""
+    empty = {"whole": False, "from": "2026-12-10T00:00:00+00:00", "to": "2026-12-10T00:00:00+00:00"}
+    path = tmp_path / "empty.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _export(empty, (), ())))
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        "verified offline: 0 entries, 0 seals intact; chain head (no seal)",
+        "note: a window export of no entry (its header says so): an empty window is a valid export, but no seal "
+        "in it vouches that the ledger has no entry in that window; verify a whole export to know"], out
+
+
+def test_a_window_export_of_unsealed_entries_alone_names_no_first_seal(tmp_path, capsys):
+    """A window of entry 5 alone (December 2nd, not sealed yet) holds no seal: it was told 'the seals
+    before its first are not in it' and sent to --expect-head, which fails for a file with no seal."""
+    second = {"whole": False, "from": "2026-12-02T00:00:00+00:00", "to": "2026-12-03T00:00:00+00:00"}
+    path = tmp_path / "unsealed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _export(second, (), (5,))))
+    assert main([str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines() == [
+        "verified offline: 1 entries, 0 seals intact; chain head (no seal)",
+        "note: 1 entries are not sealed yet, so no hash vouches for them",
+        "note: a window export (its header says so) with no seal: the seals before its entries are not in it, so "
+        "nothing here shows that none was removed; verify a whole export to know"], out
