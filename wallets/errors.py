@@ -210,8 +210,11 @@ BODY_REFUSALS = (WalletValidationError, SubMinorAmountError, CurrencyMismatchErr
 # request, and may send the corrected one under the same key (the same one is decided again). Every
 # other refusal (insufficient_funds, budget_exceeded, ...) is kept and replays as first answered.
 # An empty or inverted range (`invalid_range`, the client's code unchanged) is decided from the body
-# alone, `from` and `to`: a refusal of the request as sent too.
-NOT_KEPT = (*BODY_REFUSALS, InvalidRangeError)
+# alone, `from` and `to`: a refusal of the request as sent too. A 404 `not_found` is never kept
+# either, wherever it is decided (the route before the unit of work, or in it): nothing was done, and
+# a client that creates what was missing (a customer, its own id) and sends the call again under its
+# key needs it carried out, not told again of a world that changed.
+NOT_KEPT = (*BODY_REFUSALS, InvalidRangeError, NotFoundError)
 # Outcomes under a key whose answer is not kept: a conflict (the key holds another body's answer)
 # and a refusal of the request as sent (NOT_KEPT); one tuple, not built per keyed command.
 NO_ANSWER_KEPT = (ConflictError, *NOT_KEPT)

@@ -171,3 +171,42 @@ async def test_an_inverted_re_rate_range_under_a_key_leaves_the_key_to_the_corre
         assert (made.status_code, made.json()["customers"], made.json()["errors"]) == (200, [], []), made.text
         again = await client.post("/v1/rerate", json=corrected, headers=key)
         assert (again.status_code, again.json()) == (200, made.json())
+
+
+async def test_a_missing_customer_s_404_under_a_key_leaves_the_key_to_the_call_once_the_customer_exists(
+    database_url: str,
+):
+    """A 404 is never kept, wherever it is decided (README, Idempotency): nothing was done, and a
+    client that creates what was missing and sends the call again under its key needs it carried out.
+    In the unit of work (the lane's batch), a top-up of $10.00 to customer c under key t, and (run_once)
+    a PATCH of c's name under key p: 404 not_found naming c (a top-up's 404 was kept: replayed 404,
+    Idempotent-Replayed: true, after c existed). Decided by the route before it, a day budget of c
+    under key b: 404. Once c is created: the top-up under t 201 (10.00 available), the PATCH under p
+    200 (its name), the budget under b 201; each again under its key replays it."""
+    tag = uuid.uuid4().hex[:8]
+    cid = f"rk-nf-{tag}"
+    top_up, rename = {"amount": "10.00"}, {"name": "renamed"}
+    budget = {"customer_id": cid, "window": "day", "metric": "tokens", "limit": 1000}
+    calls = [
+        ("POST", f"/v1/customers/{cid}/topups", top_up, {"Idempotency-Key": f"t-{tag}"}, 201),
+        ("PATCH", f"/v1/customers/{cid}", rename, {"Idempotency-Key": f"p-{tag}"}, 200),
+        ("POST", "/v1/budgets", budget, {"Idempotency-Key": f"b-{tag}"}, 201),
+    ]
+    async with api_client(database_url, admin=ADMIN, send_admin=True) as client:
+        for method, path, body, key, _ in calls:
+            missing = await client.request(method, path, json=body, headers=key)
+            assert _status(missing) == (404, "not_found", [], None), (path, missing.text)
+            assert cid in missing.json()["detail"]
+        await _book_and_customer(client, cid)
+        for method, path, body, key, status in calls:
+            made = await client.request(method, path, json=body, headers=key)
+            assert (made.status_code, made.headers.get("idempotent-replayed")) == (status, None), (path, made.text)
+            again = await client.request(method, path, json=body, headers=key)
+            assert (again.status_code, again.json(), again.headers.get("idempotent-replayed")) == (
+                status,
+                made.json(),
+                "true",
+            ), path
+        wallet = (await client.get(f"/v1/customers/{cid}/wallet")).json()
+        assert wallet["available"] == "10.00"  # the one top-up
+        assert (await client.get(f"/v1/customers/{cid}")).json()["name"] == "renamed"
