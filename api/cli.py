@@ -76,32 +76,44 @@ def _restore(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
+    timings = getattr(args, "timings", False)  # a Namespace made by hand may not have it
     if args.file:
+        if timings:  # one pass over the file, not check by check
+            print("tokentill audit verify: --timings times the database's checks; --file verifies in one pass",
+                  file=sys.stderr)
+            return 2
         from api.audit_cli import verify_file
 
         return verify_file(args)
-    from ledger.audit import Report, head_check
+    from functools import partial
+
+    from ledger.audit import Report, head_check, timed
     from wallets.audit import full_verify
 
     async def work(conn):
         report = await full_verify(conn)
         if not args.expect_head:
             return report
-        return Report((*report.checks, await head_check(conn, args.expect_head)))
+        return Report((*report.checks, await timed(partial(head_check, head=args.expect_head), conn)))
 
     report = _with_db(settings, lambda db: db.read(work))
+    took = sum(c.seconds or 0.0 for c in report.checks)
     if args.json:
         print(json.dumps({"ok": report.ok, "checks": [
-            {"name": c.name, "ok": c.ok, "detail": c.detail, "problems": list(c.problems)}
-            for c in report.checks]}, indent=2))
+            {"name": c.name, "ok": c.ok, "detail": c.detail, "problems": list(c.problems),
+             **({"seconds": round(c.seconds or 0.0, 3)} if timings else {})}
+            for c in report.checks], **({"seconds": round(took, 3)} if timings else {})}, indent=2))
     else:
         from api.audit_cli import printable, readable_stdout  # a problem may name a caller's text
 
         readable_stdout()  # a charge's request id, say: escaped where the locale lacks a character
         for c in report.checks:
-            print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {printable(c.detail)}")  # "first: <problem>"
+            timing = f" [{c.seconds or 0.0:.3f} s]" if timings else ""
+            print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {printable(c.detail)}{timing}")  # "first: <problem>"
             for p in c.problems:
                 print(f"       {printable(p)}")
+        if timings:
+            print(f"checks took {took:.3f} s in all")
         print("verified: the ledger is whole" if report.ok else "verification FAILED")
     return 0 if report.ok else 1
 
@@ -442,6 +454,8 @@ def parser() -> argparse.ArgumentParser:
                               "exit 1 when any check fails")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     verify.add_argument("--file", metavar="EXPORT.jsonl", help="verify this export offline, with no database")
+    verify.add_argument("--timings", action="store_true", help="say how long each check took (seconds; in --json, "
+                        "each check's `seconds`), to find a slow one")
     verify.add_argument("--expect-head", type=chain_hash, metavar="HEX",
                         help="the chain hash (64 hex digits) of a head kept apart: a seal of the file (with --file) "
                         "or of the database must have it (the chain passes through it)")

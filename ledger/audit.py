@@ -5,8 +5,9 @@ auditor can act on the report rather than on a bare `false`. Other layers add th
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -40,6 +41,9 @@ class Check:
     ok: bool
     detail: str
     problems: tuple[str, ...] = ()
+    # How long the check took (`timed`), for `tokentill audit verify --timings`: which check is slow.
+    # Not part of what a check found: left out of comparisons.
+    seconds: float | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +239,14 @@ LEDGER_CHECKS: tuple[CheckFn, ...] = (
 )
 
 
+async def timed(check: CheckFn, conn: AsyncConnection) -> Check:
+    """`check`'s result, with the seconds it took."""
+    started = time.perf_counter()
+    found = await check(conn)
+    return replace(found, seconds=time.perf_counter() - started)
+
+
 async def verify(conn: AsyncConnection, extra: tuple[CheckFn, ...] = ()) -> Report:
-    """Run every check on one snapshot; a failing check names what is wrong."""
-    return Report(tuple([await check(conn) for check in (*LEDGER_CHECKS, *extra)]))
+    """Run every check on one snapshot; a failing check names what is wrong (and each says how long
+    it took)."""
+    return Report(tuple([await timed(check, conn) for check in (*LEDGER_CHECKS, *extra)]))

@@ -201,3 +201,43 @@ def test_an_expected_head_on_a_ledger_with_no_seal_says_there_is_none(scratch_ur
     assert result.returncode == 1, result.stdout + result.stderr
     assert (f"FAIL head: 1 found; first: no seal has chain hash {head}: the database has no seal "
             "(every seal deleted, or the head is another ledger's)") in result.stdout
+
+
+async def test_verify_timings_say_how_long_each_check_took(scratch_url):
+    """`--timings`: each check's line ends with the seconds it took, and a last line sums them;
+    in --json each check has `seconds` and the report `seconds` (their sum). No figure is asserted
+    beyond being a number of seconds (no wall-clock assert): only that every check has one."""
+    import json
+    import re
+
+    await _ledger_with_entries(scratch_url)
+    plain = _verify(scratch_url, "--json")
+    assert plain.returncode == 0, plain.stdout + plain.stderr
+    names = [c["name"] for c in json.loads(plain.stdout)["checks"]]
+    assert "seconds" not in json.loads(plain.stdout) and len(names) > 10  # unchanged without --timings
+
+    timed = _verify(scratch_url, "--json", "--timings")
+    assert timed.returncode == 0, timed.stdout + timed.stderr
+    report = json.loads(timed.stdout)
+    assert [c["name"] for c in report["checks"]] == names
+    seconds = [c["seconds"] for c in report["checks"]]
+    assert all(isinstance(s, float) and s >= 0 for s in seconds)
+    assert report["seconds"] == pytest.approx(sum(seconds), abs=0.01)  # each rounded to the millisecond
+
+    text = _verify(scratch_url, "--timings", "--expect-head", "0" * 64)  # a head check is timed too
+    lines = text.stdout.splitlines()
+    for name in [*names, "head"]:
+        [line] = [line for line in lines if re.match(rf"(ok  |FAIL) {name}: ", line)]
+        assert re.search(r" \[[0-9]+\.[0-9]{3} s\]$", line), line
+    assert re.fullmatch(r"checks took [0-9]+\.[0-9]{3} s in all", lines[-2]), lines[-2:]
+
+
+def test_verify_timings_with_a_file_is_a_usage_error(tmp_path):
+    """The offline verifier reads the file in one pass, not check by check: --timings is refused
+    with --file (exit 2), not ignored."""
+    export = tmp_path / "e.jsonl"
+    export.write_text("")
+    done = subprocess.run([sys.executable, "-m", "api.cli", "audit", "verify", "--file", str(export), "--timings"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "--timings" in done.stderr and "--file" in done.stderr
