@@ -20,7 +20,7 @@ from wallets import chart, store
 from wallets.core import Decision, State, decide
 from wallets.core import idempotency as answers
 from wallets.core.alerts import alert_due, alerts
-from wallets.core.billing import add, entry_rollup, line_item
+from wallets.core.billing import NOTED, add, entry_rollup, line_item
 from wallets.core.commands import Command
 from wallets.core.decision import (
     AdjustmentPosted,
@@ -221,7 +221,12 @@ class Batch:
         for effect in decision.effects:
             if type(effect) is LotOpened:
                 kinds[effect.code] = effect.kind
-        self._roll(c.id, period, entry_rollup(c, entry, kinds, lines, priced.funding if priced is not None else ()))
+        rollup = entry_rollup(c, entry, kinds, lines, priced.funding if priced is not None else ())
+        if priced is not None and any(type(effect) is CreditNoteIssued for effect in decision.effects):
+            # a note's part of what the receivable paid, whole minor units: the close rounds the rest
+            receivable = chart.receivable_account(c.id)
+            add(rollup, NOTED, 0, sum(units for account, units in priced.funding if account == receivable))
+        self._roll(c.id, period, rollup)
         return entry.with_metadata({**entry.metadata, "period": period})
 
     def _unposted(self, decision: Decision) -> None:

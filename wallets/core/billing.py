@@ -17,6 +17,8 @@ moved no money, and so has no entry, adds its lines alone, netting 0):
   payments            invoice payments received
   lots, reserved, receivable   the change of the customer's balances
   rounded             what the close's rounding of the amount due moved on the receivable
+  noted               the credit and debit notes' part of `funded:receivable` (whole minor
+                      units, rounded once by each note: the close rounds the amount due without it)
 
 An invoice is a function of its period's rollup and of the customer's balances, so it ties out
 to the postings by construction, and `tokentill audit verify` proves the rollups agree with them.
@@ -46,6 +48,7 @@ KIND_ORDER = {"usage": 0, "request": 1, "discount": 2, "free_allowance": 3, "vol
 SUBTOTALS = {"usage": "usage", "request": "requests", "discount": "discounts", "free_allowance": "free_allowances",
              "volume_true_up": "true_ups", "adjustment": "adjustments", "rounding": "rounding"}
 CASH_OUT = ("grant_reversal", "credit_refund")  # the entries that pay cash back: a top-up's refund, a credit's
+NOTED = "noted"  # the rollup item of the credit and debit notes' part of funded:receivable
 ROUNDING_MODE = "half_even"  # the mode pricing rounds an entry's total with (pricing.money.round_entry)
 
 Rollup = dict[str, tuple[int, int]]  # item -> (quantity, amount in atomic units)
@@ -292,13 +295,24 @@ def amount_due_units(rollup: Mapping[str, tuple[int, int]]) -> int:
     return max(0, funded + rollup.get("rounded", (0, 0))[1]) if funded > 0 else 0
 
 
-def due_rounding(due: int, applied: int, currency: str) -> int:
+def due_rounding(due: int, applied: int, currency: str, noted: int = 0) -> int:
     """What the close adds to an amount due of `due` atomic units (less when negative) so that
     what is left to pay once top-ups already paid `applied` of it is whole minor units of
-    `currency`: that rest rounded once, half to even, as invoice lines are (`round_line`). An
-    asset the ISO table does not list keeps its atomic unit: 0."""
+    `currency`: that rest rounded once, half to even, as invoice lines are (`round_line`), without
+    the credit and debit notes' part of it (`noted`, whole: rounded once by each note,
+    not again; half to even, 9.5 yen is 10 where 10.5 less a note's 1 is 9). An asset the ISO table
+    does not list keeps its atomic unit: 0."""
     left = due - applied
-    return round_line(left, line_decimals(currency)) - left if left > 0 else 0
+    return whole_rounding(left, currency, noted) if left > 0 else 0
+
+
+def whole_rounding(units: int, currency: str, noted: int = 0) -> int:
+    """What makes `units` whole minor units of `currency`, rounding its part that `noted` (notes'
+    money, whole minor units already; a fraction, from notes issued before they were rounded, is
+    not left out) is not: round(units - noted) - (units - noted)."""
+    decimals = line_decimals(currency)
+    rest = units - (noted if noted % 10 ** (SCALE - decimals) == 0 else 0)
+    return round_line(rest, decimals) - rest
 
 
 def due_at(period: Period, customer: Customer) -> datetime:

@@ -26,6 +26,7 @@ from wallets import chart
 from wallets.core import money_back
 from wallets.core.billing import (
     LINE,
+    NOTED,
     Balances,
     Header,
     Rollup,
@@ -33,9 +34,8 @@ from wallets.core.billing import (
     document,
     due_rounding,
     entry_rollup,
-    line_decimals,
     merge,
-    round_line,
+    whole_rounding,
 )
 from wallets.core.billing import opening_balances as opening_of
 from wallets.core.billing import total_units as total_of
@@ -555,10 +555,11 @@ def _rounding(state: State, w: Wallet, rollup: Rollup, paid: Sequence[tuple[str,
     credit, as money back beyond what is owed does."""
     due = amount_due_units(rollup)
     parts, _ = unapplied_parts(credits, due)
-    rounding = due_rounding(due, sum(part for _, part in parts), w.customer.currency)
+    noted = rollup.get(NOTED, (0, 0))[1]  # the notes' money: whole, rounded once by each note
+    rounding = due_rounding(due, sum(part for _, part in parts), w.customer.currency, noted)
     funded = rollup.get("funded:receivable", (0, 0))[1]
     if funded < 0 and open_invoices(state, w.customer.id):  # the invoices it pays keep whole minor units
-        rounding = round_line(funded, line_decimals(w.customer.currency)) - funded
+        rounding = whole_rounding(funded, w.customer.currency, noted)
     receivable = chart.receivable_account(w.customer.id)
     owed = max(0, w.receivable - (w.credit_held or 0)) + sum(a for account, a in paid if account == receivable)
     if rounding >= 0 or owed >= -rounding:
