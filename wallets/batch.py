@@ -16,6 +16,7 @@ from ledger.accounts import open_accounts
 from ledger.model import AccountSpec, JournalEntry
 from ledger.posting import Outcome, PreparedPost, prepare_post
 from pricing.books import PriceBook
+from pricing.errors import wire_time
 from wallets import chart, store
 from wallets.core import Decision, State, decide
 from wallets.core import idempotency as answers
@@ -384,8 +385,14 @@ class Batch:
             "dimensions": dict(effect.dimensions), "entry_key": key})
 
     def _outbox_event(self, effect: OutboxEvent, key: str | None) -> None:
+        payload = dict(effect.payload)
+        # an early close's events (invoice.finalized, invoice.paid, the alerts it calls for) happened
+        # when written, as its entry: their `created_at` said its `until`, weeks ahead
+        if self.written is not None and isinstance(at := payload.get("created_at"), str) \
+                and datetime.fromisoformat(at) > self.written:
+            payload["created_at"] = wire_time(self.written)
         self.add("outbox", {"topic": effect.topic, "customer_id": effect.customer_id, "dedup_key": effect.dedup_key,
-                            "payload": dict(effect.payload)})
+                            "payload": payload})
 
     def _budget_counted(self, effect: BudgetCounted, key: str | None) -> None:
         w = self.loaded.wallets[effect.customer_id]

@@ -139,3 +139,43 @@ async def test_an_early_close_then_the_period_s_end_closes_once_and_a_re_rate_co
     [note] = done["credit_notes"]
     assert (note["total"], note["invoice_id"]) == ("-0.005002", november["id"])
     await verified(bk)
+
+
+async def _events(bk: BillingKit, cid: str) -> list[tuple[str, str, str | None]]:
+    rows = await bk.db.read(
+        lambda conn: conn.execute(
+            text(
+                "SELECT topic, payload->>'created_at', payload->>'invoice_id' FROM outbox"
+                " WHERE customer_id = :c AND topic LIKE 'invoice.%' ORDER BY id"
+            ),
+            {"c": cid},
+        )
+    )
+    return [tuple(r) for r in rows.all()]
+
+
+async def test_an_early_close_s_events_are_dated_when_written(fixed: BillingKit) -> None:
+    """The first test's December, closed early on December 2nd (`until` January 1st 01:00): its
+    invoice asks $0.00 (the $0.005002 back rounded to $0.01 paid November's), so the close writes
+    `invoice.finalized` and `invoice.paid` ($0.00) for it. Their `data.created_at` (README, Webhooks:
+    the time its rules decided it) said 2027-01-01T01:00:00Z, a month after the close ran and after
+    the delivery's own `timestamp`; now 2026-12-02T00:00:00Z. The invoice's `issued_at` stays
+    `until`, the end of the period it bills (README, Billing periods: its number's year too)."""
+    bk = fixed
+    cid = await bk.customer("early-events", billing_mode="postpaid", book="fix")
+    await bk.event(cid, "model-a", 2_501, 0, at=datetime(2026, 11, 10, tzinfo=UTC))
+    await bk.add_book(V2)
+    bk.clock.now = datetime(2026, 12, 1, 0, 30, tzinfo=UTC)
+    await rerating.apply(bk.db, bk.service.engine, spec("v2"), None)
+    await bk.close(DEC_1_GRACE_OVER)  # November, on time: its events at DEC_1_GRACE_OVER
+    written = datetime(2026, 12, 2, tzinfo=UTC)
+    bk.clock.now = written
+    await billing.close_due(bk.db, JAN_1_GRACE_OVER, customers=[cid], written=written)
+    november, december = await bk.invoices(cid)
+    assert december["amount_due"] == "0.00"
+    assert december["issued_at"] == "2027-01-01T01:00:00Z"
+    assert await _events(bk, cid) == [
+        ("invoice.finalized", "2026-12-01T01:00:00Z", november["id"]),
+        ("invoice.finalized", "2026-12-02T00:00:00Z", december["id"]),
+        ("invoice.paid", "2026-12-02T00:00:00Z", december["id"]),
+    ]
