@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -345,11 +346,32 @@ def checked_usage(usage: dict[str, Any], call: str = "record") -> dict[str, Any]
     field, where it is recorded (a settle the server refuses leaves the call unbilled). Read as the
     server reads it, by the same function (USAGE_FORMS), from its JSON (a tuple is sent as a list)."""
     [(form, value)] = usage.items()
+    json_numbers(call, form, value)
     try:
         USAGE_FORMS[form](json.loads(json.dumps(value)))
     except InvalidUsageError as exc:
         raise ValueError(f"{call}({form}=...): the server would refuse it: {exc}") from None
     return usage
+
+
+def json_numbers(call: str, form: str, value: Any) -> None:
+    """A ValueError at the call where a float in `value` is NaN or an infinity, whatever its field
+    (one the server ignores too): json.dumps writes it, the SDK's sender (allow_nan=False) cannot,
+    and the server refuses the whole body as malformed JSON."""
+    if (where := _not_json_number(value, "")) is not None:
+        raise ValueError(f"{call}({form}=...): the server would refuse it: {where} is not a number JSON "
+                         "carries: the body would be malformed JSON, whatever the field")
+
+
+def _not_json_number(value: Any, path: str) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path or 'the usage'}: {value!r}"
+    items = value.items() if isinstance(value, Mapping) else (
+        enumerate(value) if isinstance(value, (list, tuple)) else ())
+    for name, item in items:
+        if (where := _not_json_number(item, f"{path}.{name}" if path else str(name))) is not None:
+            return where
+    return None
 
 
 def queued_settle(body: dict[str, Any]) -> dict[str, Any]:
@@ -446,6 +468,8 @@ def settle_call(reservation_id: str, final: bool, key: str | None,
     key = key or (f"{reservation_id}:settle:0" if final else f"{reservation_id}:capture:{uuid.uuid4().hex}")
     body = {**{name: plain_usage(value) for name, value in usage.items()}, "final": final,
             **({} if final else {"capture_id": key})}
+    for name in usage:  # a foreground settle too: its sender cannot encode it, the server could not read it
+        json_numbers("settle", name, body[name])
     return f"/v1/reservations/{reservation_id}/settle", body, key, reservation_id
 
 

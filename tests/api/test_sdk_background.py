@@ -445,3 +445,45 @@ async def test_a_queued_settle_of_usage_the_server_refuses_is_refused_at_the_cal
     assert (reservation(url, rid)["status"], reservation(url, rid)["charged"]) == ("settled", "0.03")
     assert available(url, customer) == Decimal("9.94")
     assert not list(spool_dir.glob("*.rejected")) and not list(spool_dir.glob("*.jsonl"))
+
+
+# OpenAI's usage with a count the server ignores (not one it reads) that is not a number JSON
+# carries: the server refuses the whole body as malformed JSON, whatever the field
+NAN_USAGE = {"prompt_tokens": 0, "completion_tokens": 1000, "total_tokens": 1000, "x_cost": float("nan")}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+async def test_a_usage_with_a_nan_in_a_field_the_server_ignores_is_refused_at_the_call(live, spool_dir, bad):
+    """An OpenAI usage whose ignored field x_cost was NaN (or an infinity) passed the SDK's check
+    (checked_usage read it back through json.dumps, which writes NaN), so `tt.settle(...,
+    background=True)` answered None, queued, and its send raised in the SDK's own encoder
+    (allow_nan=False), and `record()` took it for the exit's settle; the server refuses such a
+    body as malformed JSON. Now each is a ValueError at the call, as other usage the server
+    refuses, naming the field (a foreground settle too, which its encoder refused with another
+    error); nothing spooled, the hold whole. Then the same usage without
+    the field: 1,000 output tokens x $20/M = $0.02, + $0.01 a call = $0.03, the hold's $0.07
+    back: 10.00 - 0.03 = 9.97 available."""
+    url, book = live
+    customer = new_customer(url, book)
+    usage = {**NAN_USAGE, "x_cost": bad}
+    async with AsyncClient(url, ADMIN, background_settle=True) as tt:
+        rid = (await tt.post("/v1/reservations", {"customer_id": customer, "request_id": "nan-usage",
+                                                  "model": "model-a", "amount": "0.10"}))["id"]
+        with pytest.raises(ValueError, match=r"the server would refuse it: .*x_cost"):
+            await tt.settle(rid, background=True, openai_usage=usage)
+        with pytest.raises(ValueError, match=r"the server would refuse it: .*x_cost"):
+            await tt.settle(rid, background=True, openai_usage={**NAN_USAGE, "x_cost": None,
+                                                                "prompt_tokens_details": {"x_cost": bad}})
+        with pytest.raises(ValueError, match=r"settle\(openai_usage=...\): the server would refuse it: x_cost"):
+            await tt.settle(rid, openai_usage=usage)  # a foreground settle alike
+        assert not tt.spool.path.exists()
+        assert reservation(url, rid)["charged"] == "0.00"
+        async with tt.reserve(customer, "model-a", input_tokens=0, max_output_tokens=1000) as r:
+            with pytest.raises(ValueError, match=r"record\(openai_usage=...\): the server would refuse it: .*x_cost"):
+                r.record(openai_usage=usage)
+            r.record(output_tokens=1000)
+        good = {name: value for name, value in usage.items() if name != "x_cost"}
+        assert await tt.settle(rid, background=True, openai_usage=good) is None
+    assert (reservation(url, rid)["status"], reservation(url, rid)["charged"]) == ("settled", "0.03")
+    assert available(url, customer) == Decimal("9.94")  # the block's call charged $0.03 too
+    assert not list(spool_dir.glob("*.rejected")) and not list(spool_dir.glob("*.jsonl"))
