@@ -142,6 +142,17 @@ def format_money(units: int, currency: str, scale: int = DEFAULT_SCALE) -> str:
     return format_amount(units, scale, min(shown_decimals(currency), scale))
 
 
+def plain(value: str | None) -> str | None:
+    """A decimal as a line stores it (str(Decimal): "5E-7" for 0.0000005) as it is shown (JSON, CSV,
+    PDF, the console): format(d, "f"), never an exponent, with the digits the value carries (the
+    price book's "0.50" stays "0.50", "1E+1" is "10"); a value str(Decimal) wrote plainly already is
+    returned as it is, and None stays None. Stored lines keep their text: rollup items group by it
+    and a finalized document's hash covers it."""
+    if value is None or ("E" not in value and "e" not in value):
+        return value
+    return format(Decimal(value), "f")
+
+
 def _check_scale(scale: int) -> None:
     if isinstance(scale, bool) or not isinstance(scale, int) or not 0 <= scale <= MAX_SCALE:
         raise TypeError(f"scale must be an int in 0..{MAX_SCALE}")

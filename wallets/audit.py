@@ -237,7 +237,9 @@ async def charge_lines_rounded(conn: AsyncConnection) -> Check:
         SELECT format('charge %s (%s) of customer %s: line %s (%s %s, rule %s) of %s units at unit price %s is %s '
                       'units, not within one unit of its exact amount %s', id, request_id, customer_id, o, kind,
                       coalesce(token_type, '-'), coalesce(rule_id, '-'), coalesce(quantity, '?'),
-                      coalesce(unit_price, '?'), amount, coalesce(trim_scale(exact)::text, 'unknown'))
+                      coalesce(CASE WHEN unit_price ~ '^-?[0-9]*[.]?[0-9]+([eE][-+]?[0-9]+)?$'
+                                    THEN unit_price::numeric::text ELSE unit_price END, '?'),  -- 5E-7: 0.0000005
+                      amount, coalesce(trim_scale(exact)::text, 'unknown'))
           FROM lines WHERE exact IS NULL OR abs(amount - exact) >= 1
         UNION ALL
         SELECT format('charge %s (%s) of customer %s: its lines sum to %s units, their exact total is %s',

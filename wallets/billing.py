@@ -18,7 +18,7 @@ from pricing.errors import PricingError
 from wallets import store
 from wallets.books import BookCache
 from wallets.commands import ClosePeriod
-from wallets.core.billing import Header, amount_due_units, as_issued, document, money
+from wallets.core.billing import Header, amount_due_units, as_issued, document, money, shown_lines
 from wallets.core.invoicing import upcoming_invoice
 from wallets.core.payments import payable
 from wallets.core.results import InvoiceClosed, payment_status
@@ -221,7 +221,8 @@ async def upcoming(conn: AsyncConnection, customer_id: str, now: datetime, books
     content = document(c, period, rollup, opening, Header(None, None, "upcoming", now))
     due, paid = amount_due_units(rollup), sum(part for _, part in parts)
     cur = c.currency
-    return {**content, "amount_paid": money(paid, cur), "amount_remaining": money(max(0, due - paid), cur),
+    return {**content, "lines": shown_lines(content["lines"]), "amount_paid": money(paid, cur),
+            "amount_remaining": money(max(0, due - paid), cur),
             "payments": [{"amount": money(part, cur), "reference": credit.reference, "entry_id": credit.entry_id,
                           "created_at": wire_time(credit.at)} for credit, part in parts]}
 

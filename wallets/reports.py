@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from pricing.errors import wire_time
-from pricing.money import format_money
+from pricing.money import format_money, plain
 from wallets import chart
 from wallets.core.reservations import status_at
 from wallets.errors import NotFoundError, WalletValidationError
@@ -51,8 +51,9 @@ async def entries(conn: AsyncConnection, customer_id: str, keys: list[str], ids:
 
 def _lines(lines: list[dict[str, Any]], currency: str) -> list[dict[str, Any]]:
     return [{"kind": ln["kind"], "model": ln.get("model"), "token_type": ln["token_type"],
-             "quantity": ln["quantity"], "unit_price": ln["unit_price"], "amount": money(ln["amount_units"], currency),
-             "exact_amount": ln.get("exact"), "rule_id": ln["rule_id"], "price_version": ln["price_version"],
+             "quantity": ln["quantity"], "unit_price": plain(ln["unit_price"]),
+             "amount": money(ln["amount_units"], currency), "exact_amount": plain(ln.get("exact")),
+             "rule_id": ln["rule_id"], "price_version": ln["price_version"],
              "tier": ln.get("tier"), "override_id": ln.get("override_id"), "description": ln.get("description"),
              # the version of the customer's price overrides that priced the line (GET …/price-overrides)
              **({"overrides_version": ln["overrides_version"]} if "overrides_version" in ln else {})}

@@ -34,6 +34,7 @@ from api.routes.schemas import (
 )
 from api.routes.wire import Answer, amount_in, idempotency, kept_answer, money, respond, shaped, time_out
 from ledger.model import request_hash
+from pricing.money import plain
 from wallets import reports
 from wallets.commands import (
     MAX_TTL_SECONDS,
@@ -137,7 +138,8 @@ SettleBody = Annotated[dict[str, Any], json_body(Annotated[SettleRequest, msgspe
 
 
 def lines_out(lines: list[dict[str, Any]], currency: str) -> list[LineResponse]:
-    return [LineResponse(ln["token_type"], ln["quantity"], ln["unit_price"], money(ln["amount_units"], currency) or "0",
+    return [LineResponse(ln["token_type"], ln["quantity"], plain(ln["unit_price"]),
+                         money(ln["amount_units"], currency) or "0",
                          ln["rule_id"], ln["price_version"], ln["kind"], ln.get("description"),
                          ln.get("override_id")) for ln in lines]
 

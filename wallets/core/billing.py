@@ -34,7 +34,7 @@ from typing import Any
 from ledger.model import JournalEntry
 from pricing.books import TOKEN_TYPES
 from pricing.errors import wire_time
-from pricing.money import CURRENCY_MINOR_UNITS, format_money
+from pricing.money import CURRENCY_MINOR_UNITS, format_money, plain
 from wallets import chart
 from wallets.model import Customer
 from wallets.periods import Period, zone
@@ -280,8 +280,16 @@ def bill_to_name(customer: Customer) -> str | None:
 def as_issued(content: Mapping[str, Any]) -> dict[str, Any]:
     """A frozen invoice or credit note as the API gives it: one issued before the name was
     recorded has `customer_name` null (none was captured then; today's name would not be the one
-    it billed), its content and hash untouched."""
-    return {**content} if "customer_name" in content else {**content, "customer_name": None}
+    it billed), its content and hash untouched; its lines' unit prices shown plain (`shown_lines`)."""
+    shown = {**content, "lines": shown_lines(content["lines"])} if "lines" in content else {**content}
+    return shown if "customer_name" in content else {**shown, "customer_name": None}
+
+
+def shown_lines(lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Lines as the API, the renderings and the console show them: a unit price or exact amount
+    stored as str(Decimal) wrote it ("5E-7") written plainly ("0.0000005", pricing.money.plain);
+    what is stored (rollup items, a document and its hash) keeps its text."""
+    return [{**ln, **{name: plain(ln[name]) for name in ("unit_price", "exact") if name in ln}} for ln in lines]
 
 
 def total_units(rollup: Mapping[str, tuple[int, int]]) -> int:
