@@ -311,9 +311,11 @@ class Batch:
 
     def _payment_recorded(self, effect: PaymentRecorded, key: str | None) -> None:
         invoice = self.invoices.get(effect.invoice_id)  # not there: the invoice its close just finalized
-        if invoice is not None:
+        if invoice is not None:  # its entry: the top-up's posted before, or this decision's (by its key)
             paid = {**invoice.payments, effect.reference: effect.amount}
-            self.invoices[effect.invoice_id] = replace(invoice, payments=paid)
+            by = effect.entry_id if effect.entry_id is not None else key
+            entries = {**invoice.entries, **({} if by is None else {effect.reference: by})}
+            self.invoices[effect.invoice_id] = replace(invoice, payments=paid, entries=entries)
         row = {"id": effect.payment_id, "invoice_id": effect.invoice_id, "customer_id": effect.customer_id,
                "amount": effect.amount, "reference": effect.reference, "created_at": effect.created_at}
         if effect.entry_id is None:

@@ -652,13 +652,17 @@ async def last_seqs(conn: AsyncConnection, table: Literal["invoices", "credit_no
 
 
 _INVOICES_DUE = """SELECT i.id, i.customer_id, i.number, i.currency, i.amount_due::text,
-                          coalesce((SELECT jsonb_object_agg(p.reference, p.amount) FROM invoice_payments p
-                                     WHERE p.invoice_id = i.id), '{}'::jsonb), i.period_start
+                          coalesce((SELECT jsonb_object_agg(p.reference, jsonb_build_array(p.amount, p.entry_id))
+                                      FROM invoice_payments p WHERE p.invoice_id = i.id), '{}'::jsonb),
+                          i.period_start
                      FROM invoices i"""
 
 
 def _due(rows: Iterable[Any]) -> dict[str, InvoiceDue]:
-    return {r[0]: InvoiceDue(r[0], r[1], r[2], r[3], int(r[4]), {k: int(v) for k, v in r[5].items()}, r[6])
+    """Each payment's [amount, entry id] by reference: the amount paid, and the entry a payment
+    named again tells (the same rows, read by the same probe)."""
+    return {r[0]: InvoiceDue(r[0], r[1], r[2], r[3], int(r[4]), {k: int(v[0]) for k, v in r[5].items()}, r[6],
+                             {k: int(v[1]) for k, v in r[5].items() if v[1] is not None})
             for r in rows}
 
 

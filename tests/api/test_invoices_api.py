@@ -92,6 +92,8 @@ async def test_payments_are_idempotent_and_never_exceed_the_amount_due(client, s
     assert again.content == first.content
     same_reference = await client.post(path, headers=ADMIN, json={"amount": "0.05", "reference": "wire-1"})
     assert same_reference.status_code == 200 and same_reference.json()["amount_paid"] == "0.05"
+    # the same payment answered again: the entry the first posted, not null (as the invoice lists it)
+    assert same_reference.json()["entry_id"] == first.json()["entry_id"] == partly["payments"][0]["entry_id"]
     other_amount = await client.post(path, headers=ADMIN, json={"amount": "0.06", "reference": "wire-1"})
     assert other_amount.status_code == 409, other_amount.text
     rest = await client.post(path, headers=ADMIN, json={"amount": "0.10", "reference": "wire-2"})

@@ -750,8 +750,11 @@ def pay_invoice(state: State, cmd: PayInvoice, now: datetime, book: PriceBook | 
         if invoice.payments[cmd.reference] != cmd.amount:
             raise ConflictError(f"payment {cmd.reference!r} of invoice {invoice.number} was of another amount")
         owed = max(0, w.receivable - (w.credit_held or 0))
+        # the entry of the payment answered first: loaded (its id), or posted earlier in this batch (its key)
+        by = invoice.entries.get(cmd.reference)
         result = PaymentResult(invoice.id, invoice.number, cmd.reference, cmd.amount, invoice.paid,
-                               invoice.amount_due, True, None, currency=invoice.currency,
+                               invoice.amount_due, True, by if isinstance(by, str) else None,
+                               by if isinstance(by, int) else None, currency=invoice.currency,
                                remaining=payable(invoice.amount_due - invoice.paid, owed, invoice.currency))
         return Decision(Outcome("replayed", result))
     left = invoice.amount_due - invoice.paid

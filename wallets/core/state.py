@@ -4,7 +4,7 @@ units rated so far this period; and where new ids come from."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +20,8 @@ from wallets.model import Wallet, new_id
 
 @dataclass(frozen=True, slots=True)
 class InvoiceDue:
-    """A finalized invoice as a payment sees it: what is due and what was paid, by reference."""
+    """A finalized invoice as a payment sees it: what is due and what was paid, by reference, and
+    the entry each payment was posted by (a payment named again tells it)."""
 
     id: str
     customer_id: str
@@ -29,6 +30,9 @@ class InvoiceDue:
     amount_due: int
     payments: Mapping[str, int]  # reference -> amount
     period_start: datetime | None = None  # oldest first, when a top-up pays open invoices
+    # reference -> its entry: the id (loaded), or the key of one posted earlier in this batch (its id
+    # given at flush); absent when none is known (a payment the same close records)
+    entries: Mapping[str, int | str] = field(default_factory=dict)
 
     @property
     def paid(self) -> int:
