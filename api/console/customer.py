@@ -200,8 +200,8 @@ async def top_up_form(state: State, request: Request, customer_id: FromPath[str]
 
 def _top_up_form(request: Request, customer: Any, form: dict[str, str], errors: dict[str, str],
                  status: int = 200) -> Template:
-    """The form, with a new one-time key: a refused form's key keeps its refusal, so the
-    corrected form must be a new request."""
+    """The form, with a new one-time key: a refused form is not kept under its key (README,
+    Idempotency), but a new key keeps a corrected form apart from whatever the old one holds."""
     return render(request, "customer/top_up.html", status=status, customer=customer, form=form, errors=errors,
                   idempotency_key=secrets.token_urlsafe(16), section="top-up", labels=TOP_UP_LABELS,
                   amount_example=_example(customer.currency),

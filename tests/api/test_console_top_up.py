@@ -249,3 +249,37 @@ async def test_an_amount_that_is_not_one_is_refused_in_the_currencys_terms(conso
     assert "9 decimals" not in notice
     assert _field(answer.text, "amount") == amount
     assert await _lots(client, customer) == []
+
+
+async def test_a_form_refused_or_not_found_under_its_key_is_decided_again_when_sent_again(console):
+    """Guard (the rules of README, Idempotency, for the console's one-time key): a form is refused,
+    or its customer is not found, and nothing is kept under its key; the form sent again under the
+    same key (the browser's back button) is decided again. Customer c does not exist yet: the form
+    (25.00, no expiry) under key k1 is 404 (the console reads the customer before the form: its
+    currency says what an amount may be). Once c exists, the same form under k1 is recorded: 303 to
+    the wallet, one lot of 25.00; again under k1, the same 303 (a replay, nothing more credited).
+    Under k2, 25.001 (three decimals, USD has 2): 422 twice, nothing recorded; 1.00 under k2 is
+    recorded. Worked by hand: lots 25.00 and 1.00, 26.00 available."""
+    client, book, token = console
+    customer = f"topup-{uuid.uuid4().hex[:8]}"
+    first = {"_csrf_token": token, "idempotency_key": f"k1-{uuid.uuid4().hex[:10]}", "amount": "25.00",
+             "reference": "", "priority": "100", "expires_on": ""}
+    url = f"/console/customers/{customer}/top-up"
+    missing = await client.post(url, data=first, follow_redirects=False)
+    assert missing.status_code == 404, missing.text[:300]
+    created = await client.post("/v1/customers", headers=ADMIN, json={"id": customer, "price_book": book})
+    assert created.status_code == 201, created.text
+    done = await client.post(url, data=first, follow_redirects=False)
+    assert done.status_code == 303, done.text[:500]
+    again = await client.post(url, data=first, follow_redirects=False)
+    assert (again.status_code, again.headers["location"]) == (303, done.headers["location"])
+    finer = {**first, "idempotency_key": f"k2-{uuid.uuid4().hex[:10]}", "amount": "25.001"}
+    for _ in range(2):
+        refused = await client.post(url, data=finer, follow_redirects=False)
+        assert refused.status_code == 422, (refused.status_code, refused.headers.get("location"))
+        assert "The top-up was not recorded" in refused.text and "Top-up recorded" not in refused.text
+    corrected = await client.post(url, data={**finer, "amount": "1.00"}, follow_redirects=False)
+    assert corrected.status_code == 303, corrected.text[:500]
+    assert sorted(lot["granted"] for lot in await _lots(client, customer)) == ["1.00", "25.00"]
+    wallet = (await client.get(f"/v1/customers/{customer}/wallet", headers=ADMIN)).json()
+    assert wallet["available"] == "26.00"
