@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -65,8 +66,7 @@ def amount_in(value: str, field: str, *, positive: bool = True) -> int:
     if not isinstance(value, str):
         raise WalletValidationError(field, "money is a decimal string, such as \"10.00\"")
     if not matches(POSITIVE_AMOUNT if positive else AMOUNT, value):
-        raise WalletValidationError(field, ("must be more than 0: " if positive else "must be 0 or more: ")
-                                    + AMOUNT_TEXT)
+        raise WalletValidationError(field, _amount_problem(value, positive))
     try:
         units = parse_amount(value, SCALE)
     except (InvalidAmountError, TypeError) as exc:
@@ -75,6 +75,25 @@ def amount_in(value: str, field: str, *, positive: bool = True) -> int:
         raise WalletValidationError(field, "must be more than 0 and at most 1000000000" if positive
                                     else "must be at most 1000000000")
     return units
+
+
+_DECIMAL = re.compile(r"-?[0-9]+(?:\.([0-9]+))?")
+
+
+def _amount_problem(value: str, positive: bool) -> str:
+    """What is wrong with a money string the amount pattern refused: below (or at) 0, past
+    1000000000, more than 9 decimals; else (not a decimal) what an amount looks like."""
+    form = _DECIMAL.fullmatch(value)
+    if form is not None:
+        decimals = len(form.group(1) or "")
+        number = Decimal(value)
+        if number < 0 or (positive and number == 0):
+            return f"must be more than 0, not {value}" if positive else f"must be 0 or more, not {value}"
+        if number > MAX_AMOUNT // 10**SCALE:
+            return f"{value} is more than 1000000000, the most an amount may be"
+        if decimals > SCALE:
+            return f"{value} has {decimals} decimals, more than the {SCALE} an amount may have"
+    return ("must be more than 0: " if positive else "must be 0 or more: ") + AMOUNT_TEXT
 
 
 def time_param(name: str) -> QueryParameter:

@@ -25,8 +25,9 @@ TABLE = [
     ("money", "10", MONEY_LIMIT), ("money", "-1", MONEY_LIMIT), ("money", "0", MONEY_LIMIT),
     ("money", "1000000000000000001", MONEY_LIMIT), ("money", "true", MONEY_LIMIT),
     ("money", "false", MONEY_LIMIT), ("money", "{}", MONEY_LIMIT), ("money", "[]", MONEY_LIMIT),
-    ("money", '"ten"', MONEY_TEXT), ("money", '"-1.00"', MONEY_TEXT), ("money", '"0"', MONEY_TEXT),
-    ("money", '"1000000000.01"', MONEY_TEXT),  # 10**9 and a cent: past the largest amount
+    ("money", '"ten"', MONEY_TEXT), ("money", '"-1.00"', "must be more than 0, not -1.00"),
+    ("money", '"0"', "must be more than 0, not 0"),  # each told what is wrong with it (was MONEY_TEXT)
+    ("money", '"1000000000.01"', "1000000000.01 is more than 1000000000, the most an amount may be"),  # 10**9 + 1c
     ("tokens", "10.0", NOT_AN_INTEGER), ("tokens", "1e1", NOT_AN_INTEGER), ("tokens", "1.5", NOT_AN_INTEGER),
     ("tokens", "-1", TOKENS_RANGE), ("tokens", "0", TOKENS_RANGE),
     ("tokens", "1000000000000000001", TOKENS_RANGE), ("tokens", "100000000000000000000", TOKENS_RANGE),
