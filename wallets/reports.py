@@ -200,9 +200,9 @@ ROLLED = {"model": "r.model", "token_type": "r.token_type", "kind": "r.kind", "r
 LOCAL = {"day": "to_char(c.occurred_at AT TIME ZONE :tz, 'YYYY-MM-DD')",
          "month": "to_char(c.occurred_at AT TIME ZONE :tz, 'YYYY-MM')"}
 _LINE_KEY = {"token_type": 4, "kind": 2, "rule_id": 1}  # a rollup level's bit per part left out
-# a usage dimension's name as a group (api.routes.formats.DIMENSION_NAME): any but a comma or a
-# control character, no space at either end
-_DIMENSION = re.compile(r"[^\s,\x00-\x1f\x7f](?:[^,\x00-\x1f\x7f]*[^\s,\x00-\x1f\x7f])?")
+# a usage dimension's name as a group (api.routes.formats.DIMENSION_NAME): 1 to 200 characters, any
+# but a comma or a control character, no space at either end
+_DIMENSION = re.compile(r"[^\s,\x00-\x1f\x7f](?:[^,\x00-\x1f\x7f]{0,198}[^\s,\x00-\x1f\x7f])?")
 # a row's own fields (and the CSV's `currency` column): a group of one of these names would be
 # overwritten by the row's sum of that name, so no group may be named so
 ROW_FIELDS = ("quantity", "amount", "charges", "currency")

@@ -46,7 +46,7 @@ from api.gateway.shapes import Refusal, error_body
 from api.gateway.tools import UnmeteredToolError
 from api.json_keys import UNPAIRED, unpaired_surrogate
 from api.routes.formats import IDENTIFIER
-from api.routes.schemas import MAX_DIMENSIONS, Dimensions
+from api.routes.schemas import MAX_DIMENSION_TEXT, MAX_DIMENSIONS, Dimensions
 from api.routes.wire import money, nested_too_deep, shaped
 from api.spool import Spool
 from ledger.db import RetriesExhaustedError, is_unavailable
@@ -428,7 +428,8 @@ class Exchange:
             dimensions = None
         if dimensions is None or len(dimensions) > MAX_DIMENSIONS - 2:
             raise Refusal(422, "validation_error", "x-tokentill-dimensions must be a JSON object of at most "
-                          f"{MAX_DIMENSIONS - 2} string, integer or boolean values")
+                          f"{MAX_DIMENSIONS - 2} string, integer or boolean values, its names and strings of at "
+                          f"most {MAX_DIMENSION_TEXT} characters")
         return dimensions
 
     async def _body(self) -> bytes:

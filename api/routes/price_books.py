@@ -18,7 +18,7 @@ from api.auth import require
 from api.errors import documented
 from api.routes import cursors
 from api.routes.formats import AMOUNT_TEXT, IDENTIFIER, POSITIVE_AMOUNT, PRICE, DateTime
-from api.routes.schemas import BIGINT, Dimension, json_body
+from api.routes.schemas import BIGINT, MAX_DIMENSION_TEXT, Dimension, json_body
 from api.routes.wire import Answer, bound_in, idempotency, respond, shaped, time_in, time_out, time_param
 from ledger.db import lock_key
 from pricing.books import (
@@ -47,7 +47,8 @@ MaxCharge = Annotated[str, msgspec.Meta(pattern=POSITIVE_AMOUNT, description="Mo
 ContextWindow = Annotated[int, msgspec.Meta(ge=1, le=MAX_CONTEXT_WINDOW, description=(
     "The most input + output tokens one call can have; a settle beyond it is implausible_usage"))]
 IN_THREAD_ABOVE = 200  # rules: a bigger version is parsed off the event loop
-DimensionName = Annotated[str, msgspec.Meta(min_length=1, extra_json_schema={"not": {"const": "model"}})]
+DimensionName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DIMENSION_TEXT,  # as a usage's (schemas)
+                                             extra_json_schema={"not": {"const": "model"}})]
 _OPEN_TIER = {"anyOf": [{"not": {"required": ["up_to"]}}, {"properties": {"up_to": {"type": "null"}}}]}
 _PRICE_OR_TIERS = {"oneOf": [
     {"required": ["price"], "properties": {

@@ -15,9 +15,16 @@ from pricing.normalize import CANONICAL_FIELDS, EXTRA_FIELDS
 from pricing.usage import MAX_QUANTITY
 
 MAX_DIMENSIONS = 32
+# a dimension's name (1 to this) and string value (at most this), at every entry that takes one (a reserve,
+# a usage event, a price rule's match, the gateway's x-tokentill-dimensions), as a budget's dimensions
+# (budgets.Short) and the usage report's groups (formats.DIMENSION_NAME) take them: a longer name was
+# recorded that no budget could name and the report could not group by
+MAX_DIMENSION_TEXT = 200
 BIGINT = 2**63  # PostgreSQL's bigint holds -BIGINT to BIGINT - 1
-Dimension = str | Annotated[int, msgspec.Meta(ge=-BIGINT, le=BIGINT - 1)] | bool
-DimensionName = Annotated[str, msgspec.Meta(min_length=1)]  # pricing.usage refuses an empty name
+Dimension = Annotated[str, msgspec.Meta(max_length=MAX_DIMENSION_TEXT)] | Annotated[
+    int, msgspec.Meta(ge=-BIGINT, le=BIGINT - 1)] | bool
+# pricing.usage refuses an empty name
+DimensionName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DIMENSION_TEXT)]
 Dimensions = Annotated[dict[DimensionName, Dimension], msgspec.Meta(max_length=MAX_DIMENSIONS)]
 
 COUNT = {"type": "integer", "minimum": 0, "maximum": MAX_QUANTITY}

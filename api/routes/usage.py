@@ -16,7 +16,7 @@ from api import renderings
 from api.auth import key_dimensions, principal_of, require
 from api.errors import ApiError, documented, unexpected
 from api.routes.cursors import MAX_PAGE, PAGE, Cursor, decode_position, encode_position, invalid
-from api.routes.formats import GROUP_BY, Identifier, matches
+from api.routes.formats import GROUP_BY, MAX_GROUP_BY, Identifier, matches
 from api.routes.inputs import usage_or_kept, usage_tokens
 from api.routes.schemas import Dimensions, json_body
 from api.routes.wire import (
@@ -322,8 +322,8 @@ async def get_usage(
     state: State, request: Request, customer_id: FromPath[str],
     start: Annotated[str | None, time_param("from")] = None,
     end: Annotated[str | None, time_param("to")] = None,
-    group_by: Annotated[str, QueryParameter(name="group_by", max_length=200, pattern=GROUP_BY,
-                                       description="Comma-separated group names")] = "model,token_type",
+    group_by: Annotated[str, QueryParameter(name="group_by", max_length=MAX_GROUP_BY, pattern=GROUP_BY, description=(
+        "Comma-separated group names, each of 1 to 200 characters"))] = "model,token_type",
     time_zone: Annotated[str, QueryParameter(name="time_zone", max_length=64, description=(
         "The IANA time zone whose days and months `day` and `month` are"))] = "UTC",
     cursor: Cursor = None,
@@ -339,7 +339,8 @@ async def get_usage(
     With `limit` (or a `cursor`), a page of rows in the report's order and `next_cursor` (null on
     the last page; as CSV, the `Next-Cursor` header)."""
     if not matches(GROUP_BY, group_by):
-        raise WalletValidationError("group_by", "comma-separated names of groups or usage dimensions")
+        raise WalletValidationError("group_by", "comma-separated names of groups or usage dimensions, "
+                                                "each of 1 to 200 characters")
     groups = [g.strip() for g in group_by.split(",") if g.strip()]
     since, until = bound_in(start, "from"), bound_in(end, "to")  # finer than a microsecond: the next one
     if ends_before(end, start, "to", "from"):  # to the 9th digit sent: not an empty range

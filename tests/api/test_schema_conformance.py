@@ -371,7 +371,8 @@ async def test_the_document_states_distinct_thresholds_named_dimensions_and_a_bi
     assert twice.status_code == 422 and twice.json()["fields"][0]["field"] == "thresholds"
     for path in ("/v1/reservations", "/v1/usage-events"):
         schema = _body(document, path)
-        assert (schema.get("items") or schema)["properties"]["dimensions"]["propertyNames"] == {"minLength": 1}
+        assert (schema.get("items") or schema)["properties"]["dimensions"]["propertyNames"] == {"minLength": 1,
+                                                                                        "maxLength": 200}
     unnamed = await client.post("/v1/reservations", json={"customer_id": cid, "request_id": "r", "model": "m",
                                                           "amount": "1", "dimensions": {"": 1}})
     assert unnamed.status_code == 422 and unnamed.json()["fields"][0]["field"] == "dimensions"
