@@ -177,7 +177,10 @@ def upstream_url(env: Mapping[str, str], name: str, default: str) -> str:
 
 
 def _read_timeout(env: Mapping[str, str]) -> int:
-    return whole_number(env, "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", 600, most=MOST_SECONDS)
+    """At most what the longest hold outlasts by the settle margin (604,790 s): past it (a year was
+    taken) the start asked for a hold longer than any, TOKENTILL_GATEWAY_HOLD_SECONDS' bound."""
+    return whole_number(env, "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", 600,
+                        most=MAX_TTL_SECONDS - SETTLE_MARGIN_SECONDS)
 
 
 def _hold(env: Mapping[str, str]) -> int:

@@ -41,8 +41,8 @@ def test_the_context_held_for_a_continued_conversation_is_read_and_checked():
     # a hold longer than a reserve may ask for (ttl_seconds, MAX_TTL_SECONDS): 1e12 s put its expiry
     # past the year 9999, and every gateway call's reserve failed in the wallet core (OverflowError)
     ("TOKENTILL_GATEWAY_HOLD_SECONDS", "604801"), ("TOKENTILL_GATEWAY_HOLD_SECONDS", "1000000000000"),
-    # over a year, as the other durations (api.settings.MOST_SECONDS); 1e400 s ended the start in an
-    # OverflowError traceback (too large for a float)
+    # over the longest hold less the settle margin (604,790; it said a year, MOST_SECONDS, which no
+    # hold could outlast); 1e400 s ended the start in an OverflowError traceback (too large for a float)
     ("TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", "31536001"), ("TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS", "1" + "0" * 400),
 ])
 def test_a_gateway_duration_past_its_bound_stops_the_start_naming_it(name, bad):
@@ -165,3 +165,16 @@ def test_a_hold_of_the_read_timeout_and_the_settle_margin_is_taken():
     s = GatewaySettings.from_env({"TOKENTILL_GATEWAY_HOLD_SECONDS": "40",
                                   "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS": "30"})
     assert (s.hold_seconds, s.read_timeout_s) == (40, 30.0)
+
+
+@pytest.mark.parametrize("read", ["604791", "31536000"])
+def test_a_read_timeout_no_hold_can_outlast_says_so_not_a_hold_past_the_longest(read):
+    """A read timeout past 604,800 - 10 = 604,790 s (TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS takes up
+    to 365 days, 31,536,000 s) needs a hold of more than the longest one taken, 604,800 s: the start
+    said 'TOKENTILL_GATEWAY_HOLD_SECONDS (604,800) must be at least ... = 604,801 seconds', which no
+    hold is; it now names the read timeout and its longest, 604,790, as every bounded duration."""
+    with pytest.raises(SystemExit) as stopped:
+        GatewaySettings.from_env({"TOKENTILL_GATEWAY_HOLD_SECONDS": "604800",
+                                  "TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS": read})
+    assert stopped.value.code == (
+        f"TOKENTILL_GATEWAY_READ_TIMEOUT_SECONDS must be a whole number from 1 to 604,790, not '{read}'")
