@@ -208,19 +208,38 @@ BESIDE_THE_POOL = 2
 BESIDE_FOR_WEBHOOKS = 5
 
 
-def check_connection_budget(url: str, settings: Settings, *, processes: int) -> int:
-    """Stop the start when `processes` server processes may open more connections than the database
-    allows others than superusers (README, Several processes), naming the largest pool (and count of
-    processes) that fits: under load some of their requests would be answered 503 (too many
-    clients). With TOKENTILL_POOL_OVERCOMMIT=on, a warning only. Returns what the database allows."""
+def connections_limit(url: str) -> tuple[int, int]:
+    """The database's max_connections and how many of them are reserved (for superusers and roles
+    granted pg_use_reserved_connections)."""
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
         limit, reserved = (int(v) for v in conn.execute(
             "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int"
             " + coalesce(current_setting('reserved_connections', true)::int, 0)").fetchone())
+    return limit, reserved
+
+
+def beside_the_pool(settings: Settings) -> int:
+    """Connections a server process opens beside its pool and overflow (BESIDE_THE_POOL, and
+    BESIDE_FOR_WEBHOOKS with webhooks on)."""
+    return BESIDE_THE_POOL + (BESIDE_FOR_WEBHOOKS if settings.webhooks else 0)
+
+
+def largest_pool(allowed: int, settings: Settings, *, processes: int) -> int:
+    """The largest TOKENTILL_POOL_SIZE with which `processes` server processes fit in `allowed`
+    database connections (0: none does)."""
+    return (allowed // processes - beside_the_pool(settings)) // 2
+
+
+def check_connection_budget(url: str, settings: Settings, *, processes: int) -> int:
+    """Stop the start when `processes` server processes may open more connections than the database
+    allows others than superusers (README, Several processes), naming the largest pool (and count of
+    processes) that fits: under load some of their requests would be answered 503 (too many
+    clients). With TOKENTILL_POOL_OVERCOMMIT=on, a warning only. Returns what the database allows."""
+    limit, reserved = connections_limit(url)
     allowed = limit - reserved
-    beside = BESIDE_THE_POOL + (BESIDE_FOR_WEBHOOKS if settings.webhooks else 0)
+    beside = beside_the_pool(settings)
     most = processes * (2 * settings.pool_size + beside)
     if most <= allowed:
         return allowed
@@ -231,7 +250,7 @@ def check_connection_budget(url: str, settings: Settings, *, processes: int) -> 
         logging.getLogger("tokentill").warning("%s; TOKENTILL_POOL_OVERCOMMIT is on: under load some requests would "
                                                "be answered 503", said)
         return allowed
-    pool = (allowed // processes - beside) // 2
+    pool = largest_pool(allowed, settings, processes=processes)
     workers = allowed // (2 * settings.pool_size + beside)
     fixes = [*([f"TOKENTILL_POOL_SIZE (to at most {pool})"] if pool >= 1 else []),
              *([f"TOKENTILL_WORKERS (to at most {workers})"] if processes > 1 and workers >= 1 else [])]

@@ -35,7 +35,7 @@ from api.bench.budget_bench import add_lifecycle_budgets
 from api.bench.common import at_a_fixed_rate, free_port, pgbench_tps, ratio, scratch_database
 from api.bench.profile import CpuMeter, SpyProfile, require_py_spy
 from api.delivery import DURABLE_RETRY, RetryPolicy
-from api.runtime import open_database, sync_url
+from api.runtime import connections_limit, largest_pool, open_database, sync_url
 from api.settings import Settings
 from api.spool import Spool, SpoolRecord
 from migrations import runner
@@ -112,10 +112,23 @@ def pct(values: list[float], p: int) -> float:
     return round(ordered[min(len(ordered) - 1, (len(ordered) * p) // 100)], 2)
 
 
-def start_server(url: str, port: int, workers: int = 1, command: tuple[str, ...] = ("serve",)) -> subprocess.Popen:
-    """`tokentill serve` (or `command`) on `port`; with `workers` > 1, one `serve --workers` (api/workers.py)."""
+def servers_pool(url: str, settings: Settings, *, servers: int, workers: int) -> int:
+    """The TOKENTILL_POOL_SIZE of `servers` servers of `workers` processes each on `url`'s database:
+    the one asked, or the largest with which all of them fit together in the connections the
+    database allows (each `serve` checks its own processes only, and the embedded cluster's 97 take
+    one `serve --workers 4` at the default pool of 10 no more: README, Several processes)."""
+    limit, reserved = connections_limit(url)
+    return max(1, min(settings.pool_size, largest_pool(limit - reserved, settings, processes=servers * workers)))
+
+
+def start_server(url: str, port: int, workers: int = 1, command: tuple[str, ...] = ("serve",),
+                 pool_size: int | None = None) -> subprocess.Popen:
+    """`tokentill serve` (or `command`) on `port`; with `workers` > 1, one `serve --workers` (api/workers.py);
+    `pool_size`: its TOKENTILL_POOL_SIZE (else the environment's)."""
     env = {**os.environ, "TOKENTILL_DATABASE_URL": url, "TOKENTILL_ADMIN_KEY": KEY,
            "TOKENTILL_LOG_LEVEL": "WARNING", "TOKENTILL_SCHEDULER": "off"}
+    if pool_size is not None:
+        env["TOKENTILL_POOL_SIZE"] = str(pool_size)
     env.pop("TOKENTILL_WORKERS", None)
     log = tempfile.TemporaryFile()  # a pipe nobody reads would fill up and stall the server
     server = subprocess.Popen([sys.executable, "-m", "api.cli", *command, "--host", "127.0.0.1", "--port",
@@ -443,7 +456,9 @@ def _cases_on_fresh_database(server_url: str, args: argparse.Namespace, lanes: i
     with scratch_database(server_url, f"tokentill_lifecycle_{os.getpid()}") as url:
         runner.upgrade(sync_url(url), lanes=lanes)
         ports = [free_port() for _ in range(max(1, servers))]
-        procs = [start_server(url, port, max(1, args.workers_per_server)) for port in ports]
+        workers = max(1, args.workers_per_server)
+        pool = servers_pool(url, Settings.from_env(), servers=len(ports), workers=workers)
+        procs = [start_server(url, port, workers, pool_size=pool) for port in ports]
         try:
             return asyncio.run(run_cases(ports, args, procs, url))
         except BaseException:

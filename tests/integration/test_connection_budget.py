@@ -69,3 +69,25 @@ def test_a_budget_the_database_allows_says_nothing(database_url, caplog, pool, p
         assert check_connection_budget(database_url, Settings(pool_size=pool, webhooks=webhooks),
                                        processes=processes) == 97
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
+@pytest.mark.parametrize(("servers", "workers", "pool"), [
+    # `bench lifecycle --workers-per-server 4` (README, Several processes: measured with 1, 2 and 4
+    # workers): one serve of 4 at the default pool, 4 x (2 x 10 + 7) = 108 > 97, stopped at start;
+    # the bench's pool: 97 // 4 = 24 a process, (24 - 7) // 2 = 8 (4 x 23 = 92)
+    (1, 4, 8),
+    # README's `--servers 2, --workers-per-server 2`: each serve checks its own 2 x 27 = 54, but the
+    # four processes on one cluster may open 108 > 97; the same 8 as above
+    (2, 2, 8),
+    # one serve of 2 workers: 2 x 27 = 54 fits, the pool asked (10) is kept: (48 - 7) // 2 = 20 > 10
+    (1, 2, 10),
+    # two servers of 4: 97 // 8 = 12 a process, (12 - 7) // 2 = 2 (8 x 11 = 88)
+    (2, 4, 2),
+])
+def test_the_lifecycle_bench_sizes_its_servers_pools_to_fit_the_database_together(
+        database_url, servers, workers, pool):
+    from api.bench.lifecycle_bench import servers_pool
+
+    assert servers_pool(database_url, Settings(), servers=servers, workers=workers) == pool
+    # and each serve of them starts (TOKENTILL_POOL_OVERCOMMIT off): all of them fit together
+    assert check_connection_budget(database_url, Settings(pool_size=pool), processes=servers * workers) == 97
