@@ -651,10 +651,13 @@ def _integer(field: Any) -> bool:
 
 
 def time_out(value: datetime | str | None) -> str | None:
+    """A time in an answer: a datetime in UTC with a Z (pricing.errors.wire_time), a string (a
+    result's time already spelled) with its +00:00 as Z."""
     if value is None:
         return None
-    text = value if isinstance(value, str) else value.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
+    if not isinstance(value, str):
+        return wire_time(value)
+    return value[:-6] + "Z" if value.endswith("+00:00") else value
 
 
 def body_hash(request: Request, body: Any, path: str | None = None) -> bytes:
