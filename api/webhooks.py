@@ -310,8 +310,12 @@ class Dispatcher:
             async with asyncio.timeout(self.settings.timeout_s), self._client.stream(
                     "POST", claimed.url, content=body, headers=signed_headers(claimed, body, at)) as response:
                 code = response.status_code  # the answer's body is not read: only its status counts
+                location = response.headers.get("location")
             if not 100 <= code <= 599:
                 code, error = None, f"invalid HTTP status {code}"
+            elif 300 <= code < 400:  # a failure like any answer but 2xx: the log says why (not followed)
+                where = f" to {location}" if location else ", no Location"
+                error = f"redirect not followed ({code}{where})"[:500]
         except (httpx.TimeoutException, TimeoutError):
             code, error, timed_out = None, f"no answer within {self.settings.timeout_s:g} s", True
         except Exception as exc:  # an unrecorded attempt would be claimed again at every lease, forever:

@@ -226,3 +226,29 @@ async def test_an_endpoint_not_yet_tried_is_told_apart_and_its_first_answer_wake
     assert not dispatcher._wake.is_set(), "only its first answer"
     await dispatcher.tick()
     assert asked == [{"stalling": [], "tried": []}, {"stalling": ["we_hang"], "tried": ["we_hang", "we_new"]}]
+
+
+@pytest.mark.parametrize(("answer", "why"), [
+    (b"HTTP/1.1 302 Found\r\nlocation: https://elsewhere.example.com/hook\r\ncontent-length: 0\r\n\r\n",
+     "redirect not followed (302 to https://elsewhere.example.com/hook)"),
+    (b"HTTP/1.1 307 Temporary Redirect\r\ncontent-length: 0\r\n\r\n", "redirect not followed (307, no Location)"),
+])
+async def test_a_redirect_is_a_failed_attempt_that_says_why(answer, why):
+    # was a failure with error null: the log showed 302 and no reason (redirects are not followed)
+    async def redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(redirect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    at = datetime(2026, 12, 2, tzinfo=UTC)
+    claimed = Claimed(7, "we_0123456789abcdef", "evt_1", "balance.low", {"id": "evt_1"}, at, 1, at, at,
+                      f"http://127.0.0.1:{port}/hook", (new_secret(),))
+    dispatcher = Dispatcher(None, DispatchSettings())  # type: ignore[arg-type]  # send needs no database
+    policy = AddressPolicy(parse_networks("127.0.0.0/8"))
+    dispatcher._client = httpx.AsyncClient(transport=GuardedTransport(policy, httpx.Limits()))
+    async with server, dispatcher._client:
+        outcome = await dispatcher.send(claimed)
+    assert not outcome.succeeded and outcome.status_code == int(why[23:26]) and outcome.error == why
