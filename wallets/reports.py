@@ -206,6 +206,7 @@ _DIMENSION = re.compile(r"[^\s,\x00-\x1f\x7f](?:[^,\x00-\x1f\x7f]{0,198}[^\s,\x0
 # a row's own fields (and the CSV's `currency` column): a group of one of these names would be
 # overwritten by the row's sum of that name, so no group may be named so
 ROW_FIELDS = ("quantity", "amount", "charges", "currency")
+MAX_GROUPS = 16  # names a report groups by: each a column and a GROUP BY term of its query
 _DAY = timedelta(days=1)
 
 
@@ -254,7 +255,8 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
                 after: list[str | None] | None = None) -> dict[str, Any]:
     """Quantities and amounts of the customer's rated lines, grouped by `group_by` and always by
     token type (`unit_groups`); any other group name is a usage dimension (feature, api_key, …),
-    save the row's own fields (`ROW_FIELDS`), refused, as is a group named twice.
+    save the row's own fields (`ROW_FIELDS`), refused, as is a group named twice or more than
+    `MAX_GROUPS` names.
     Amounts sum to the revenue the entries posted, re-rates' adjustments included.
     Whole UTC days come from the daily rollups where the groups allow it, with the charges not
     folded into them yet, the rest (partial days at the edges, usage dimensions) from the
@@ -262,6 +264,8 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
     IANA name), from the charges when it is not UTC. With `limit`, at most that many rows, those
     whose group keys come after `after` (the last row's of the page before), and `next`, the
     last row's keys when more may follow."""
+    if len(group_by) > MAX_GROUPS:
+        raise WalletValidationError("group_by", f"at most {MAX_GROUPS} names, not {len(group_by)}")
     for n, name in enumerate(group_by):
         if name in ROW_FIELDS:
             raise WalletValidationError("group_by", f"cannot group by {name!r}: a row's own field has that name")

@@ -55,7 +55,7 @@ IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 # space at either end (the list's are read as separators)
 DIMENSION_NAME = r"[^\s,\x00-\x1f\x7f](?:[^,\x00-\x1f\x7f]{0,198}[^\s,\x00-\x1f\x7f])?"
 GROUP_BY = rf"^ *(?:{DIMENSION_NAME} *(?:, *{DIMENSION_NAME} *)*)?$"
-MAX_GROUP_BY = 16 * 202  # 16 names of 200 characters, with their commas and a space each
+MAX_GROUP_BY = 16 * 202  # 16 names (wallets.reports.MAX_GROUPS) of 200 characters, a comma and a space each
 
 AMOUNT_TEXT = "a decimal string, such as \"10.00\": at most 1000000000, with at most 9 decimals"
 DATE_TIME_TEXT = "an RFC 3339 date-time with an offset, such as \"2026-01-01T00:00:00Z\" (years 1000 to 9998)"

@@ -323,7 +323,7 @@ async def get_usage(
     start: Annotated[str | None, time_param("from")] = None,
     end: Annotated[str | None, time_param("to")] = None,
     group_by: Annotated[str, QueryParameter(name="group_by", max_length=MAX_GROUP_BY, pattern=GROUP_BY, description=(
-        "Comma-separated group names, each of 1 to 200 characters"))] = "model,token_type",
+        "Comma-separated group names, at most 16, each of 1 to 200 characters"))] = "model,token_type",
     time_zone: Annotated[str, QueryParameter(name="time_zone", max_length=64, description=(
         "The IANA time zone whose days and months `day` and `month` are"))] = "UTC",
     cursor: Cursor = None,

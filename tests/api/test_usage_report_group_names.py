@@ -52,3 +52,23 @@ async def test_a_group_named_twice_is_refused_naming_it(client, customer, group_
         assert report.json()["code"] == "validation_error"
         assert [f["field"] for f in report.json()["fields"]] == ["group_by"]
         assert repr(name) in report.json()["fields"][0]["message"]
+
+
+async def test_more_than_16_group_names_are_refused_naming_the_limit(client, customer):
+    # c385f476 let group_by carry 16 x 202 characters so that a name may have 200: about 1,600
+    # names fit (676 two-letter names in 2,027 characters), each a column and a GROUP BY term of the report's query. The
+    # limit is 16 names: model, token_type and 14 dimensions (16) answer; one more (17) is 422.
+    sixteen = ",".join(["model", "token_type", *(f"d{i}" for i in range(14))])
+    report = await client.get(f"/v1/customers/{customer}/usage", params={"group_by": sixteen})
+    assert report.status_code == 200, report.text  # guard: 16 names
+    assert len(report.json()["group_by"]) == 16
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    many = ",".join(a + b for a in letters for b in letters)  # 676 names in 2,027 characters
+    for group_by in (sixteen + ",d14", many):
+        for accept in ("application/json", "text/csv"):
+            report = await client.get(f"/v1/customers/{customer}/usage", params={"group_by": group_by},
+                                      headers={"Accept": accept})
+            assert report.status_code == 422, report.text
+            assert report.json()["code"] == "validation_error"
+            assert [f["field"] for f in report.json()["fields"]] == ["group_by"]
+            assert "at most 16 names" in report.json()["fields"][0]["message"]
