@@ -97,18 +97,20 @@ def _audit_verify(args: argparse.Namespace, settings: Settings) -> int:
         return Report((*report.checks, await timed(partial(head_check, head=args.expect_head), conn)))
 
     report = _with_db(settings, lambda db: db.read(work))
-    took = sum(c.seconds or 0.0 for c in report.checks)
+    seconds = [(c.micros or 0) / 1_000_000 for c in report.checks]  # each check's, in order
+    took = sum(seconds)
     if args.json:
         print(json.dumps({"ok": report.ok, "checks": [
             {"name": c.name, "ok": c.ok, "detail": c.detail, "problems": list(c.problems),
-             **({"seconds": round(c.seconds or 0.0, 3)} if timings else {})}
-            for c in report.checks], **({"seconds": round(took, 3)} if timings else {})}, indent=2))
+             **({"seconds": round(took_c, 3)} if timings else {})}
+            for c, took_c in zip(report.checks, seconds, strict=True)],
+            **({"seconds": round(took, 3)} if timings else {})}, indent=2))
     else:
         from api.audit_cli import printable, readable_stdout  # a problem may name a caller's text
 
         readable_stdout()  # a charge's request id, say: escaped where the locale lacks a character
-        for c in report.checks:
-            timing = f" [{c.seconds or 0.0:.3f} s]" if timings else ""
+        for c, took_c in zip(report.checks, seconds, strict=True):
+            timing = f" [{took_c:.3f} s]" if timings else ""
             print(f"{'ok  ' if c.ok else 'FAIL'} {c.name}: {printable(c.detail)}{timing}")  # "first: <problem>"
             for p in c.problems:
                 print(f"       {printable(p)}")
