@@ -202,9 +202,10 @@ NOT_ALLOWED_TO_CREATE = frozenset({"42501", "3F000"})
 
 
 # Database connections a server process opens beside its pool and the pool's overflow (2 x
-# TOKENTILL_POOL_SIZE): the key listener and the readiness probe's own session when the pool is full;
-# with webhooks, the dispatcher's pool of 2 and its overflow, and its listener.
-BESIDE_THE_POOL = 2
+# TOKENTILL_POOL_SIZE): the key listener, the readiness probe's own session when the pool is full and
+# the console's journal export (one at a time, api.console.export.WRITING); with webhooks, the
+# dispatcher's pool of 2 and its overflow, and its listener.
+BESIDE_THE_POOL = 3
 BESIDE_FOR_WEBHOOKS = 5
 
 

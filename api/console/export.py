@@ -5,6 +5,11 @@ snapshot); one runs in a thread and hands 64 KiB chunks over a bounded queue, so
 flat whatever the ledger's size, and a browser that goes away stops it at its next chunk. The
 response begins once the writer has begun to write: what it refuses before (two accounts whose
 Beancount names would be one) is said on the form, where a download, begun, ended empty.
+
+A server process writes one export at a time (`WRITING`): each holds a database session of its
+own, outside the request pool, for as long as it is written, and `tokentill serve` counts one
+beside the pool (api.runtime.BESIDE_THE_POOL); a second is refused beside the form (429) until
+the first has ended.
 """
 from __future__ import annotations
 
@@ -34,6 +39,16 @@ CHUNK = 65_536
 MEDIA = {"beancount": "text/plain", "csv": "text/csv",
          "jsonl": "application/jsonl; charset=utf-8"}
 EXTENSION = {"beancount": "beancount", "csv": "csv", "jsonl": "jsonl"}
+
+
+# Exports being written by this process: one at a time, released when the writer's session closes.
+WRITING = threading.BoundedSemaphore(1)
+BUSY = ("another journal export is being written by this server (one at a time: each holds a database "
+        "session while it is written); download again when it has ended")
+
+
+class Busy(Exception):
+    pass
 
 
 class _Cancelled(Exception):
@@ -133,7 +148,10 @@ class _DownloadStream(Stream):
 async def begin(url: str, fmt: str, window: exporting.Window) -> AsyncIterator[bytes]:
     """The export `fmt` of `window`, begun: a refusal the writer makes before its first byte
     (the Beancount names' clash, exporting.NameClash) or any other error before it is raised
-    here, before a response has begun; later ones end the download unfinished."""
+    here, before a response has begun; later ones end the download unfinished. Busy while this
+    process writes another (WRITING)."""
+    if not WRITING.acquire(blocking=False):
+        raise Busy(BUSY)
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue = asyncio.Queue(maxsize=8)
     stop = threading.Event()
@@ -150,9 +168,15 @@ async def begin(url: str, fmt: str, window: exporting.Window) -> AsyncIterator[b
         except Exception as exc:  # handed to the response (or, before the first write, to begin)
             with contextlib.suppress(_Cancelled):
                 sink.put(exc)
+        finally:
+            WRITING.release()  # the session is closed
 
     download = _Download(queue, stop)
-    threading.Thread(target=run, name="console-export", daemon=True).start()
+    try:
+        threading.Thread(target=run, name="console-export", daemon=True).start()
+    except BaseException:
+        WRITING.release()
+        raise
     try:
         first = await queue.get()
     except BaseException:
@@ -200,6 +224,9 @@ async def export_download(state: State, request: Request,
     except exporting.NameClash as exc:  # refused before any byte: said beside the form
         return render(request, "audit/export.html", status=409, failed=f"{exc}. CSV and JSON lines need no "
                       "Beancount names and still export them.",
+                      form={"format": fmt, "from": start or "", "to": end or ""}, section="export")
+    except Busy as exc:
+        return render(request, "audit/export.html", status=429, failed=str(exc),
                       form={"format": fmt, "from": start or "", "to": end or ""}, section="export")
     name = "tokentill-journal" + (f"-{start}" if start else "") + (f"-to-{end}" if end else "")
     return _DownloadStream(download, media_type=MEDIA[fmt],

@@ -30,6 +30,38 @@ def download_scope(console) -> dict:
             "client": ("127.0.0.1", 50000), "server": ("console.test", 443), "state": {}}
 
 
+class StalledBrowser:
+    """A browser's side of a download, to call the app with: it reads the first chunk and nothing
+    more (the next send never completes, `stalled`), and goes away once `leave` is set."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+        self.begun, self.stalled, self.leave = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def receive(self) -> dict:
+        if not self.sent:
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self.begun.wait()  # the browser read the first chunk, then went away
+        await self.leave.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict) -> None:
+        self.sent.append(message)
+        if message["type"] == "http.response.body":
+            if self.begun.is_set():  # the browser reads nothing more: this send never completes
+                self.stalled.set()
+                await asyncio.Event().wait()
+            self.begun.set()
+
+
+async def twenty_customers(console, admin: str, prefix: str) -> None:
+    """Twenty customers, `prefix`-0 to -19: their accounts' lines are more than the queue's 8 chunks
+    of one write each (export.CHUNK = 1)."""
+    for n in range(20):
+        made = await console.post("/v1/customers", headers=bearer(admin), json={"id": f"{prefix}-{n}"})
+        assert made.status_code == 201, made.text
+
+
 def _open_exports(url: str) -> list[tuple[str, str]]:
     with psycopg.connect(url, autocommit=True) as conn:
         return conn.execute("SELECT state, coalesce(backend_xid::text, '') FROM pg_stat_activity "
@@ -54,34 +86,18 @@ async def test_a_download_the_browser_leaves_stops_its_writer_and_ends_its_trans
     # its header and one line an entry: the 20 customers' openings below are more than 9 writes)
     monkeypatch.setattr(export, "CHUNK", 1)
     async with api_client(scratch_url, admin=ADMIN, signed_in=True) as console:
-        for n in range(20):
-            made = await console.post("/v1/customers", headers=bearer(ADMIN), json={"id": f"leaver-{n}"})
-            assert made.status_code == 201, made.text
+        await twenty_customers(console, ADMIN, "leaver")
         before = set(threading.enumerate())
-        body_begun, stalled = asyncio.Event(), asyncio.Event()
-        sent: list[dict] = []
-
-        async def receive() -> dict:
-            if not sent:
-                return {"type": "http.request", "body": b"", "more_body": False}
-            await body_begun.wait()  # the browser read the first chunk, then went away
-            await stalled.wait()
-            return {"type": "http.disconnect"}
-
-        async def send(message: dict) -> None:
-            sent.append(message)
-            if message["type"] == "http.response.body":
-                if body_begun.is_set():  # the browser reads nothing more: this send never completes
-                    stalled.set()
-                    await asyncio.Event().wait()
-                body_begun.set()
+        browser = StalledBrowser()
+        browser.leave = browser.stalled  # it leaves once its second chunk's send hangs
 
         scope = download_scope(console)
         gc.disable()  # nothing collected behind the test's back: the stop must not wait for a collection
         try:
-            await asyncio.wait_for(console.app(scope, receive, send), SETTLE_S)
-            assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200, sent[0]
-            assert stalled.is_set()
+            await asyncio.wait_for(console.app(scope, browser.receive, browser.send), SETTLE_S)
+            start = browser.sent[0]
+            assert start["type"] == "http.response.start" and start["status"] == 200, start
+            assert browser.stalled.is_set()
             await asyncio.to_thread(_settle, before, scratch_url)
             assert not _writers(before), "the export's writer still runs after the browser left"
             assert _open_exports(scratch_url) == [], "the export's transaction is still open"
