@@ -83,7 +83,11 @@ UPDATE webhook_deliveries d
 RETURNING d.id, d.endpoint_id, d.event_id, d.topic, d.payload, d.event_at, d.attempts, d.scheduled_at,
           d.leased_until, e.url, e.secret,
           ARRAY(SELECT s FROM unnest(e.previous_secrets, e.previous_secrets_until) AS k(s, u)
-                 WHERE u > now() ORDER BY u DESC) AS previous_secrets
+                 WHERE u > now() ORDER BY u DESC) AS previous_secrets,
+          -- this attempt's turn in its retry window, the backoff's n: those logged since the window began
+          1 + (SELECT count(*) FROM webhook_attempts a  -- (webhook_attempts_event, migration 0078)
+                WHERE a.endpoint_id = d.endpoint_id AND a.event_id = d.event_id
+                  AND a.attempted_at >= d.scheduled_at) AS turn
 """)
 
 
@@ -102,6 +106,9 @@ class Claimed:
     leased_until: datetime
     url: str
     secrets: tuple[str, ...]  # the current secret first, then those rotated out still in their grace
+    # its turn in the retry window (the backoff's n): `attempt` counts every attempt of the delivery,
+    # over its re-drives, while each re-drive (or enabling) starts a window with its backoff afresh
+    turn: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +158,7 @@ async def claim(conn: AsyncConnection, free: int, lease_s: float, *, share: int 
                                        "free": free, "lease_s": lease_s,
                                        "stalling": stalling, "stalling_room": stalling_room})
     return [Claimed(r.id, r.endpoint_id, r.event_id, r.topic, r.payload, r.event_at, r.attempts, r.scheduled_at,
-                    r.leased_until, r.url, (r.secret, *r.previous_secrets)) for r in rows]
+                    r.leased_until, r.url, (r.secret, *r.previous_secrets), r.turn) for r in rows]
 
 
 async def enabled(conn: AsyncConnection, ids: Collection[str]) -> set[str]:
@@ -175,7 +182,7 @@ async def record(conn: AsyncConnection, claimed: Claimed, outcome: Outcome, poli
     # the wait counts from the attempt's end: from its start, one that timed out (10 s) had its
     # first retries due before it ended, and a receiver too slow to answer got them back to back
     retry_at = None if outcome.succeeded else policy.next_attempt(
-        claimed.scheduled_at, outcome.attempted_at + timedelta(milliseconds=outcome.latency_ms), claimed.attempt)
+        claimed.scheduled_at, outcome.attempted_at + timedelta(milliseconds=outcome.latency_ms), claimed.turn)
     status = "succeeded" if outcome.succeeded else ("pending" if retry_at else "failed")
     moved = (await conn.execute(text(
         """UPDATE webhook_deliveries SET status = :status, leased_until = NULL,

@@ -19,10 +19,11 @@ _COLUMNS = """id, url, topics, description, status, disabled_reason, max_in_flig
               created_at, updated_at"""
 MAX_PREVIOUS_SECRETS = 5  # rotated-out secrets signing at once (migration 0039): the latest to stop
 DISABLED_BY_REQUEST = "disabled by request"
-# A delivery scheduled afresh: due now, a new retry window, the attempt count from 0 (a re-drive,
-# an endpoint enabled again)
+# A delivery scheduled afresh (a re-drive, an endpoint enabled again): due now, a new retry window
+# whose backoff starts again (deliveries.claim counts the attempts within it); `attempts` goes on
+# counting, as the attempt log numbers them (it was set to 0: the log listed "attempt 1" again)
 AFRESH = """status = 'pending', scheduled_at = now(), next_attempt_at = now(), leased_until = NULL,
-            attempts = 0, succeeded_at = NULL"""
+            succeeded_at = NULL"""
 # The channel the dispatchers LISTEN on (migration 0022 announces each outbox insert on it at commit)
 CHANNEL = "tokentill_outbox"
 
