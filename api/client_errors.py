@@ -26,7 +26,18 @@ class TokentillError(Exception):
         return (type(self), (self.status, self.code, self.detail, self.body, self.retry_after), self.__dict__)
 
 
-class InsufficientFunds(TokentillError): ...
+def field(name: str) -> Any:
+    """An attribute of a typed error: its problem's field `name` (None where the answer has none)."""
+    return property(lambda self: self.body.get(name) if isinstance(self.body, Mapping) else None,
+                    doc=f"The problem's `{name}`.")
+
+
+class InsufficientFunds(TokentillError):
+    """The wallet cannot cover the hold (402): whose wallet and which request id."""
+
+    customer_id, request_id = field("customer_id"), field("request_id")
+
+
 class BudgetExceeded(TokentillError):
     """A hard budget refused the reservation (429). Its details are the problem's fields: which
     budget, its window and metric, its limit, what is used and held, what was asked for (money as
@@ -34,45 +45,72 @@ class BudgetExceeded(TokentillError):
     `resets_at`: None where it has none, as the 429 spells them) and, for a rolling window,
     `retry_after`."""
 
-    budget_id = property(lambda self: self.body.get("budget_id"))
-    budget_name = property(lambda self: self.body.get("budget_name"))
-    window = property(lambda self: self.body.get("window"))
-    metric = property(lambda self: self.body.get("metric"))
-    limit = property(lambda self: self.body.get("limit"))
-    used = property(lambda self: self.body.get("used"))
-    held = property(lambda self: self.body.get("held"))
-    requested = property(lambda self: self.body.get("requested"))
-    window_start = property(lambda self: self.body.get("window_start"))
-    resets_at = property(lambda self: self.body.get("resets_at"))
+    budget_id, budget_name, window, metric = field("budget_id"), field("budget_name"), field("window"), field("metric")
+    limit, used, held, requested = field("limit"), field("used"), field("held"), field("requested")
+    window_start, resets_at = field("window_start"), field("resets_at")
 
 
-class UnpricedModel(TokentillError): ...
-class ValidationFailed(TokentillError): ...
+class UnpricedModel(TokentillError):
+    """No rule prices the usage: the `model` and the `token_type` without a price."""
+
+    model, token_type = field("model"), field("token_type")
+
+
+class ValidationFailed(TokentillError):
+    """The request was refused as invalid: `fields`, a list of `{"field", "message"}`."""
+
+    fields = field("fields")
+
+
 class InvalidAmount(ValidationFailed):
     """Cash finer than its currency's minor unit (a top-up of half a yen): a validation failure
     whose `currency` and `decimals` say what the currency takes."""
 
-    currency = property(lambda self: self.body.get("currency"))
-    decimals = property(lambda self: self.body.get("decimals"))
+    currency, decimals = field("currency"), field("decimals")
 
 
 class ImmutableField(ValidationFailed):
     """`PATCH /v1/customers/{id}` named a field fixed at creation (`currency`, `billing`, ...)."""
 
 
-class IdempotencyConflict(TokentillError): ...
+class IdempotencyConflict(TokentillError):
+    """A key used before with another request: the Idempotency-Key (`key`) or the reserve's `request_id`."""
+
+    key, request_id = field("key"), field("request_id")
+
+
 class NotFound(TokentillError): ...
 class UnknownPriceBook(NotFound): ...
 class UnknownPriceVersion(NotFound): ...
 class Unauthorized(TokentillError): ...
 class Forbidden(TokentillError): ...
-class ReservationClosed(TokentillError): ...
-class ExtensionTooShort(TokentillError): ...
+
+
+class ReservationClosed(TokentillError):
+    """The reservation is settled, released or expired: `reservation_id`, `reservation_status`."""
+
+    reservation_id, reservation_status = field("reservation_id"), field("reservation_status")
+
+
+class ExtensionTooShort(TokentillError):
+    """The extension would not end later than the hold's expiry, `expires_at` (UTC, Z)."""
+
+    reservation_id, expires_at = field("reservation_id"), field("expires_at")
+
+
 class ServiceUnavailable(TokentillError): ...
 class NotReady(ServiceUnavailable):
     """`/readyz`: the server is up, its database not (yet) ready."""
 class RateLimited(TokentillError): ...
-class ImplausibleUsage(TokentillError): ...
+
+
+class ImplausibleUsage(TokentillError):
+    """Usage (or a hold) past a plausibility bound: which bound (`limit`: max_charge_per_request or
+    context_window), its `maximum`, the `value` past it and whose bound it is (`source`)."""
+
+    limit, maximum, value, source = field("limit"), field("maximum"), field("value"), field("source")
+
+
 class CurrencyMismatch(TokentillError): ...
 class Overpayment(TokentillError): ...
 class InvalidRange(TokentillError): ...
