@@ -182,6 +182,7 @@ class Call:
     # the field that bounds its output and where the cap came from ("max_tokens", "1000 choices of
     # max_tokens 10**12"): what a hold too large to carry is refused naming (api.gateway.proxy)
     output_cap: tuple[str, str] = ("", "")
+    result_tokens: int = 0  # of prompt_tokens, those held for its tools' results (a hold too big names them)
 
 
 def _count(value: Any, name: str) -> int | None:
@@ -552,10 +553,10 @@ def parse_call(kind: str, raw: bytes, *, default_max_output: int, counter: Token
                 msgspec.json.encode(body) if changed else raw, wanted, audio_tokens, audio_tokens + referred,
                 prior, uses, containers, (*_priced(kind, body), *_search_tool(kind, body)), _cache_write(kind, body),
                 reused, _chosen_by_provider(kind, body), _served_tiers(kind, body), _audio_format(kind, body),
-                _hidden_output(kind, body, model), output_cap=output_cap)
+                _hidden_output(kind, body, model), output_cap=output_cap, result_tokens=results)
     if not plain:
         return call
-    untooled = replace(call, prompt_tokens=prompt_tokens, tool_uses=(), container_units=0,
+    untooled = replace(call, prompt_tokens=prompt_tokens, tool_uses=(), container_units=0, result_tokens=0,
                        body=msgspec.json.encode({**body, "max_tool_calls": 0}))
     return replace(call, untooled=untooled)
 

@@ -274,8 +274,9 @@ _CHAT_SEARCH = ("web_search_options", "its web search held once")  # a chat call
 def _too_big_to_hold(call: Call, refused: Refusal) -> Refusal:
     """A hold no journal entry can carry (wallets.core.rating.unpostable), named by the call's own
     fields: its cap (the caller's, or the gateway's default), its n, its prompt, and the bound; or,
-    where its per-call tools' fees alone pass it (`estimate.tool_uses`: tool_fees_unpostable), its
-    tools' field, their uses, fee per use and fees (was: the cap, which did not make it too big).
+    where its per-call tools (their fees and their results) are its larger part (`estimate.tool_uses`:
+    tools_unpostable), its tools' field, their uses, fee per use, fees and results' tokens (was: the
+    cap, which did not make it too big, unless the fees alone passed the bound).
     Was: 422 naming `estimate`, a field of the reserve API the caller never sent. Any other refusal
     as it is."""
     cause = refused.__cause__
@@ -474,6 +475,7 @@ class Exchange:
                                        **({"dimensions": dict(call.dimensions)} if call.dimensions else {})}),
             prompt_tokens=call.prompt_tokens, max_output_tokens=call.max_output_tokens, estimate=estimate,
             prompt_audio_tokens=call.hold_audio_tokens, prior_context_tokens=prior, tool_uses=dict(call.tool_uses),
+            tool_result_tokens=call.result_tokens,
             prompt_cache_write=call.cache_write, chosen_by_provider=call.chosen_by_provider,
             served_tiers=call.served_tiers,
             premiums=premiums, premium_dimensions=premium_dimensions,

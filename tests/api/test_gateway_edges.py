@@ -1459,6 +1459,18 @@ def test_a_call_whose_hold_no_journal_entry_can_carry_is_refused_naming_the_call
     assert wallet(url, cid) == (Decimal("10"), 0)
 
 
+def _searching(live: tuple[str, str], upstream: Upstream) -> tuple[str, str, str, str]:
+    """(url, customer, key, model) of a customer funded 10.00 whose book prices a web search at
+    10.00 USD, and a model the upstream must never be sent."""
+    url, _ = live
+    cid, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": "10.00"})))
+
+    async def never(send: Any, receive: Any) -> None:
+        raise AssertionError("sent upstream")
+
+    return url, cid, key, model(upstream, never)
+
+
 @pytest.mark.parametrize(("path", "call", "field", "held"), [
     ("/anthropic/v1/messages", {"max_tokens": 10, "messages": HI, "tools": [{**WEB_SEARCH, "max_uses": 10**9}]},
      "tools", "its server tools held for their max_uses"),
@@ -1474,13 +1486,7 @@ def test_a_call_whose_tool_fees_alone_no_journal_entry_can_carry_is_refused_nami
     and ... prompt tokens: a hold of ... is more than one journal entry can carry"), a field that
     does not make the hold too big. Now 400 naming the tools' field, the uses, the fee per use and
     the fees' total; nothing held or sent."""
-    url, _ = live
-    cid, key = customer((url, tool_book(url, {"id": "search", "token_type": "web_search", "price": "10.00"})))
-
-    async def never(send: Any, receive: Any) -> None:
-        raise AssertionError("sent upstream")
-
-    name = model(upstream, never)
+    url, cid, key, name = _searching(live, upstream)
     refused = httpx.post(f"{url}{path}", headers={"Authorization": f"Bearer {key}"},
                          json={"model": name, **call}, timeout=30)
     assert refused.status_code == 400, refused.text
@@ -1492,6 +1498,48 @@ def test_a_call_whose_tool_fees_alone_no_journal_entry_can_carry_is_refused_nami
     assert "max_output_tokens" not in error["message"]
     assert "tool fees of 10000000000.00 USD" in error["message"]
     assert "more than one journal entry can carry (9223372036.854775807 USD)" in error["message"]
+    assert all(sent["model"] != name for sent in upstream.fake.calls)
+    assert wallet(url, cid) == (Decimal("10"), 0)
+
+
+@pytest.mark.parametrize(("path", "call", "field", "fits", "told"), [
+    ("/anthropic/v1/messages", lambda uses: {"max_tokens": 10, "messages": HI,
+                                             "tools": [{**WEB_SEARCH, "max_uses": uses}]},
+     "tools", 913_205_152, "tools: its server tools held for their max_uses: 913205153 web_search at 10.00 USD "
+     "each: tool fees of 9132051530.00 USD and 9132051530000 input tokens of their results (91320515.30 USD), "
+     "more than one journal entry can carry (9223372036.854775807 USD), whatever the prompt and output"),
+    ("/openai/v1/responses", lambda uses: {"max_output_tokens": 10, "input": "hi", "tools": [{"type": "web_search"}],
+                                           "max_tool_calls": uses},
+     "max_tool_calls", 910_950_324, "max_tool_calls: its tools held for max_tool_calls 910950325: 910950325 "
+     "web_search at 10.00 USD each: tool fees of 9109503250.00 USD and 9109503250000 input tokens of their "
+     "results (113868790.625 USD), more than one journal entry can carry (9223372036.854775807 USD), whatever "
+     "the prompt and output")])
+def test_a_call_whose_tools_fees_fit_but_not_with_their_results_is_refused_naming_both_not_its_cap(
+        live, upstream, path, call, field, fits, told):
+    """A web search at 10.00 USD holds 10,000 input tokens of results besides its fee: at 10.00/M
+    (Anthropic's prompt, no cache_control) 0.10 USD, 10.10 a use; at 12.50/M (OpenAI's prompt may be
+    written to its cache) 0.125, 10.125 a use. The rest is under 2 USD (10 output tokens at 20.00/M,
+    0.0002; the 0.001 call fee; the prompt's few hundred tokens). One posting carries
+    9,223,372,036.854775807 USD: 913,205,152 x 10.10 = 9,223,372,035.20 fits (1.65 left for the rest),
+    913,205,153 x 10.10 = 9,223,372,045.30 does not, though its fees alone, 9,132,051,530.00, fit;
+    910,950,324 x 10.125 = 9,223,372,030.50 fits (6.35 left), 910,950,325 x 10.125 = 9,223,372,040.625
+    does not (fees 9,109,503,250.00, results 9,109,503,250,000 tokens, 113,868,790.625 USD). Was:
+    400 naming the cap ("max_tokens: max_tokens 10 and ... prompt tokens: a hold of ..."), which adds
+    0.0002 USD. Now the largest that fits is refused only for funds (402 insufficient_funds: the
+    customer has 10.00) and one use more 400 naming the tools' field, their fees and their results;
+    nothing held or sent."""
+    url, cid, key, name = _searching(live, upstream)
+    held = httpx.post(f"{url}{path}", headers={"Authorization": f"Bearer {key}"},
+                      json={"model": name, **call(fits)}, timeout=30)
+    assert held.status_code == 402 and held.json()["error"]["code"] == "insufficient_funds", held.text
+    refused = httpx.post(f"{url}{path}", headers={"Authorization": f"Bearer {key}"},
+                         json={"model": name, **call(fits + 1)}, timeout=30)
+    assert refused.status_code == 400, refused.text
+    assert refused.headers["x-tokentill-charged"] == "0"
+    error = refused.json()["error"]
+    assert (error["code"], error.get("param", field)) == ("validation_error", field), error  # Anthropic's: no param
+    assert error["message"].startswith(told), error["message"]
+    assert "max_tokens" not in error["message"] and "max_output_tokens" not in error["message"]
     assert all(sent["model"] != name for sent in upstream.fake.calls)
     assert wallet(url, cid) == (Decimal("10"), 0)
 

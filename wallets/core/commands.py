@@ -58,6 +58,9 @@ class Reserve(Command):
     prior_context_tokens: int | None = None
     # the most uses of per-call tools the provider runs itself ({"web_search": 5}): held at their price
     tool_uses: Mapping[str, int] = field(default_factory=dict)
+    # of prompt_tokens, the input tokens held for those tools' results (the gateway's): a hold no
+    # journal entry can carry is named by its tools when they are its larger part (rating.tools_unpostable)
+    tool_result_tokens: int = 0
     # the call may write its prompt to the provider's cache ("cache_write", "cache_write_1h"): held at that price
     prompt_cache_write: str | None = None
     # dimensions the provider chooses and its answer reports (service_tier "auto"): held at the dearest value

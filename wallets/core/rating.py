@@ -122,15 +122,21 @@ def unpostable(amount: int, currency: str, field: str, what: str = "charge") -> 
                                         f"one journal entry can carry ({most} {currency})")
 
 
-def tool_fees_unpostable(rating: Rating, tool_uses: Mapping[str, int], currency: str) -> WalletValidationError | None:
-    """A hold past what one posting holds (`unpostable`) whose per-call tools' fees alone pass it,
-    whatever the prompt and output: named by them (`estimate.tool_uses`), each tool's uses and fee
-    per use, and the fees' total after the customer's discounts, so that the caller is not told its
-    output cap made the hold too big (the gateway names its tools' field: api.gateway.proxy)."""
+def tools_unpostable(rating: Rating, tool_uses: Mapping[str, int], result_tokens: int, without: int,
+                     currency: str) -> WalletValidationError | None:
+    """A hold past what one posting holds (`unpostable`) named by its per-call tools
+    (`estimate.tool_uses`) where they are its larger part: their fees (each tool's uses and fee per
+    use, after the customer's discounts) and the input tokens held for their results
+    (`result_tokens`, of the prompt), which is the hold less `without` (the same hold without the
+    tools nor their results); else None (the prompt and output cap are, `unpostable`'s field). So
+    the caller is not told its output cap made the hold too big when its tools did (was: only when
+    the fees alone passed what a posting holds; ~920,000,000 web searches whose fees fit and whose
+    results did not were blamed on max_tokens). The gateway names its tools' field: api.gateway.proxy."""
+    tools = rating.total_units - without
+    if tools < without:
+        return None
     lines = [line for line in rating.lines if line.token_type in tool_uses and line.quantity]
     fees = round_entry([line.amount for line in lines], rating.scale)[0]
-    if fees <= MAX_POSTING:
-        return None
     with pricing_context():
         each = [(line, round_entry([line.amount / line.quantity], rating.scale)[0])
                 for line in lines if line.kind == "usage"]
@@ -139,9 +145,16 @@ def tool_fees_unpostable(rating: Rating, tool_uses: Mapping[str, int], currency:
         return f"{format_money(units, currency, rating.scale)} {currency}"
 
     told = ", ".join(f"{line.quantity} {line.token_type} at {shown(fee)} each" for line, fee in each)
-    return WalletValidationError("estimate.tool_uses", f"{told}: tool fees of {shown(fees)}, more than one journal "
-                                 f"entry can carry ({format_money(MAX_POSTING, currency)} {currency}), whatever "
-                                 f"the prompt and output (a hold of {shown(rating.total_units)})")
+    told = f"{told}: " if told else ""  # tools of no fee (a web fetch): their results alone
+    parts = f"tool fees of {shown(fees)}" + (
+        f" and {result_tokens} input tokens of their results ({shown(tools - fees)})" if result_tokens else "")
+    most = f"more than one journal entry can carry ({format_money(MAX_POSTING, currency)} {currency})"
+    if tools > MAX_POSTING:
+        message = f"{told}{parts}, {most}, whatever the prompt and output (a hold of {shown(rating.total_units)})"
+    else:
+        message = (f"{told}{parts}, {shown(tools)} of a hold of {shown(rating.total_units)}, {most}; "
+                   f"{shown(without)} without them")
+    return WalletValidationError("estimate.tool_uses", message)
 
 
 def implausibility(wallet: Wallet, version: PriceVersion, rating: Rating, tokens: Mapping[str, int],

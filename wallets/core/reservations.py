@@ -46,7 +46,7 @@ from wallets.core.rating import (
     overrides_at,
     period_counts,
     rate_call,
-    tool_fees_unpostable,
+    tools_unpostable,
     unpostable,
 )
 from wallets.core.results import REPLAYED, ExtendResult, ReleaseResult, ReservationSummary, ReserveResult, SettleResult
@@ -84,22 +84,20 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
     amount, held_at = cmd.amount, {}
     rating: Rating | None = None  # priced from the estimate
     if amount is None:  # held_at: the values of the provider's choices (its tier) the hold was priced at
-        rating, held_at = held_choices(book_for(w, book), cmd.model, cmd.prompt_tokens or 0,
-                                       cmd.max_output_tokens or 0, cmd.dimensions, now, cmd.chosen_by_provider,
-                                       input_audio_tokens=cmd.prompt_audio_tokens,
-                                       prior_context_tokens=cmd.prior_context_tokens,
-                                       tool_uses=cmd.tool_uses, prompt_cache_write=cmd.prompt_cache_write,
-                                       premiums=cmd.premiums, premium_dimensions=cmd.premium_dimensions,
-                                       overrides=overrides_at(w, now))
+        rating, held_at = _held(w, book, cmd, now, cmd.prompt_tokens or 0, cmd.tool_uses)
         amount = rating.total_units
     else:
         _priced(book_for(w, book), cmd.model, now)
         if cmd.premiums:  # the price it names (cache_ttl "1h"): its book sets it, as for an estimate
             premiums_priced(book_for(w, book), cmd.model, cmd.dimensions, now, cmd.premiums, cmd.prompt_cache_write)
     too_big = unpostable(amount, w.customer.currency, "estimate", "hold")
-    if too_big is not None:  # named by the tools where their fees alone make it too big
-        fees = rating and cmd.tool_uses and tool_fees_unpostable(rating, cmd.tool_uses, w.customer.currency)
-        return Decision.refuse(fees or too_big)
+    if too_big is not None:  # named by the tools (their fees, their results) where they are its larger part
+        tools = None
+        if rating is not None and (cmd.tool_uses or cmd.tool_result_tokens):
+            without = _held(w, book, cmd, now, (cmd.prompt_tokens or 0) - cmd.tool_result_tokens, {})[0]
+            tools = tools_unpostable(rating, cmd.tool_uses, cmd.tool_result_tokens, without.total_units,
+                                     w.customer.currency)
+        return Decision.refuse(tools or too_big)
     # a hold past what one request may be charged starts a call whose settle is refused: the call,
     # once made, is answered whether or not its settle is taken. Not kept: the maximum may change
     past = hold_implausibility(w, book_for(w, book).version_at(now), amount)
@@ -129,6 +127,17 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
             cmd.scope, cmd.request_id, cmd.request_hash, InsufficientFundsError.code, {"detail": pieces}))
     decision = _hold(w, cmd, rid, amount, pieces, now, (prompt, cmd.max_output_tokens), held_at)
     return Decision(decision.outcome, decision.entry, (*decision.effects, *counted))
+
+
+def _held(w: Wallet, book: PriceBook | None, cmd: Reserve, now: datetime, prompt_tokens: int,
+          tool_uses: Mapping[str, int]) -> tuple[Rating, dict[str, Any]]:
+    """The hold priced from a reserve's estimate (pricing.estimate.held_choices), with `prompt_tokens`
+    and `tool_uses` (the estimate's, or without its tools and their results)."""
+    return held_choices(book_for(w, book), cmd.model, prompt_tokens, cmd.max_output_tokens or 0, cmd.dimensions,
+                        now, cmd.chosen_by_provider, input_audio_tokens=cmd.prompt_audio_tokens,
+                        prior_context_tokens=cmd.prior_context_tokens, tool_uses=tool_uses,
+                        prompt_cache_write=cmd.prompt_cache_write, premiums=cmd.premiums,
+                        premium_dimensions=cmd.premium_dimensions, overrides=overrides_at(w, now))
 
 
 def _as_now(w: Wallet, first: ReservationSummary, now: datetime) -> ReservationSummary:
