@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallets.core.state import wire_time
 from wallets.model import new_id
+from wallets.webhooks.endpoints import hand_over, lock_fan_out
 from wallets.webhooks.rules import DISABLED_TOPIC, RetryPolicy
 
 # The fan-out never writes an outbox row (a writer inserting the same dedup key after such an
@@ -200,8 +201,11 @@ async def record(conn: AsyncConnection, claimed: Claimed, outcome: Outcome, poli
 
 async def _disable_if_failing(conn: AsyncConnection, failed: Claimed) -> None:
     """An endpoint with no successful attempt since this delivery was scheduled (its whole retry
-    window) is disabled, and the outbox gets webhook_endpoint.disabled for the others."""
+    window) is disabled, and the outbox gets webhook_endpoint.disabled for the others. It is handed
+    the events committed that the fan-out has not handed out yet (the fan-out's cursor taken first,
+    as an endpoint's PATCH takes it before the endpoint's row)."""
     reason = f"no successful delivery since {wire_time(failed.scheduled_at)}"  # as failing_since spells it
+    await lock_fan_out(conn)
     row = (await conn.execute(text(
         """UPDATE webhook_endpoints e SET status = 'disabled', disabled_reason = :reason, updated_at = now()
             WHERE e.id = :id AND e.status = 'enabled' AND NOT EXISTS (
@@ -211,6 +215,7 @@ async def _disable_if_failing(conn: AsyncConnection, failed: Claimed) -> None:
         {"id": failed.endpoint_id, "reason": reason, "since": failed.scheduled_at})).first()
     if row is None:
         return
+    await hand_over(conn, row.id)  # before its own event, which it is not sent (disabled)
     event_id = new_id("evt")  # as every event's: sorts by when it was made (it was 24 random hex digits)
     payload = {"id": event_id, "type": DISABLED_TOPIC, "customer_id": None,
                "created_at": wire_time(row.updated_at), "endpoint_id": row.id, "url": row.url,

@@ -103,7 +103,7 @@ async def update(conn: AsyncConnection, endpoint_id: str, changes: Changes) -> E
     New topics cancel what is pending of the topics dropped, as a delete cancels everything."""
     status = None if changes.enabled is None else ("enabled" if changes.enabled else "disabled")
     if status == "disabled" or changes.topics is not None:
-        await _after_fan_out(conn)
+        await lock_fan_out(conn)
     was = (await conn.execute(text(
         "SELECT status FROM webhook_endpoints WHERE id = :id AND status <> 'deleted' FOR NO KEY UPDATE"),
         {"id": endpoint_id})).scalar()
@@ -120,6 +120,8 @@ async def update(conn: AsyncConnection, endpoint_id: str, changes: Changes) -> E
         {"id": endpoint_id, "url": changes.url, "topics": changes.topics, "description": changes.description,
          "max_in_flight": changes.max_in_flight, "status": status, "reason": DISABLED_BY_REQUEST})).first()
     endpoint = _found(row, endpoint_id)
+    if was == "enabled" and status == "disabled":
+        await hand_over(conn, endpoint_id)
     if changes.topics is not None:  # what is pending of a topic it dropped is not sent (a re-drive can)
         await conn.execute(text(
             """UPDATE webhook_deliveries SET status = 'cancelled', leased_until = NULL
@@ -156,7 +158,7 @@ async def rotate_secret(conn: AsyncConnection, endpoint_id: str, grace: timedelt
 
 async def delete(conn: AsyncConnection, endpoint_id: str) -> Endpoint:
     """Delete by status: its secrets are erased, its pending deliveries cancelled, its log kept."""
-    await _after_fan_out(conn)
+    await lock_fan_out(conn)
     row = (await conn.execute(text(
         f"""UPDATE webhook_endpoints SET status = 'deleted', disabled_reason = NULL, secret = NULL,
               previous_secrets = '{{}}', previous_secrets_until = '{{}}', updated_at = now()
@@ -168,7 +170,24 @@ async def delete(conn: AsyncConnection, endpoint_id: str) -> Endpoint:
     return endpoint
 
 
-async def _after_fan_out(conn: AsyncConnection) -> None:
+async def hand_over(conn: AsyncConnection, endpoint_id: str) -> None:
+    """Queue for an endpoint being disabled the events of its topics committed (this statement
+    sees them) that the fan-out has not handed out yet, as it would have while the endpoint was
+    enabled: it skips them once the endpoint is disabled, and one enabled again got what was
+    pending for it only, so an event committed just before the disable was never sent nor listed
+    failed. Those committed later are not queued (nothing is, while it is disabled)."""
+    await lock_fan_out(conn)
+    await conn.execute(text(
+        """INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, customer_id, payload, event_at)
+           SELECT e.id, webhook_event_id(p.lane, p.dedup_key, p.payload), p.topic, p.customer_id, p.payload,
+                  p.created_at
+             FROM webhook_fan_out f JOIN outbox p ON (p.txid, p.id) > (f.txid, f.outbox_id)
+             JOIN webhook_endpoints e ON e.id = :id AND webhook_topic_matches(e.topics, p.topic)
+            WHERE p.delivered_at IS NULL  -- as the fan-out: migration 0013's went out then
+           ON CONFLICT (endpoint_id, event_id) DO NOTHING"""), {"id": endpoint_id})
+
+
+async def lock_fan_out(conn: AsyncConnection) -> None:
     """Wait for a fan-out in flight (it holds its cursor's row until it commits), and keep the
     next from starting until this transaction ends: a fan-out that read the endpoint enabled
     and committed after it was disabled or deleted queued a delivery for it that nothing
