@@ -7,9 +7,11 @@ journal's; a new embedded one is moved past them here (its epoch, with pg_resetw
 outside server's operator is told how."""
 from __future__ import annotations
 
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import psycopg
@@ -56,19 +58,67 @@ def restore(settings: Settings, dump: Path) -> int:
     try:
         with psycopg.connect(handle.url, autocommit=True) as conn:
             tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = current_schema()").fetchone()[0]
+            server_version = conn.info.server_version
         if tables:
             raise SystemExit(f"error: the database holds {tables} tables: restore into an empty one (a new "
                              f"TOKENTILL_DATA_DIR, or a new database named by TOKENTILL_DATABASE_URL)")
-        done = subprocess.run([str(embedded.bin_dir() / "pg_restore"), "--exit-on-error", "--single-transaction",
-                               "--no-owner", f"--dbname={handle.url}", str(dump)], capture_output=True, text=True)
-        if done.returncode != 0:
-            reason = (done.stderr.strip().splitlines() or ["no output"])[0]
+        if server_version >= TRANSACTION_TIMEOUT_SINCE:
+            done = subprocess.run([str(embedded.bin_dir() / "pg_restore"), "--exit-on-error", "--single-transaction",
+                                   "--no-owner", f"--dbname={handle.url}", str(dump)], capture_output=True, text=True)
+            reason = (done.stderr.strip().splitlines() or ["no output"])[0] if done.returncode else None
+        else:
+            reason = _restore_through_psql(handle.url, dump)
+        if reason is not None:
             raise SystemExit(f"error: pg_restore restored nothing: {reason}")
         handle = _past_the_journals_transaction_ids(handle)
         print(f"restored {dump}; migrated to {upgrade(handle, settings)}")
     finally:
         handle.close()
     return 0
+
+
+# pg_restore 17 and later (the wheel's is 18) begin every restore with `SET transaction_timeout = 0`,
+# a setting PostgreSQL 15 and 16 do not know: every restore into one stopped there, nothing
+# restored ("unrecognized configuration parameter"). Into those the archive goes as pg_restore's
+# script, that line left out, through the wheel's psql, in one transaction committed only once the
+# whole script came (a pg_restore that fails midway, a truncated archive, commits nothing).
+TRANSACTION_TIMEOUT_SINCE = 170000  # server_version_num of PostgreSQL 17
+UNKNOWN_BEFORE_17 = b"SET transaction_timeout = 0;\n"
+
+
+def _restore_through_psql(url: str, dump: Path) -> str | None:
+    """Restore `dump` into `url` (a server older than 17) in one transaction: None, or why not (the
+    first line psql or pg_restore wrote)."""
+    tools = embedded.bin_dir()
+    with tempfile.TemporaryFile("w+") as script_errors, tempfile.TemporaryFile("w+") as psql_errors:
+        script = subprocess.Popen([str(tools / "pg_restore"), "--no-owner", "--file=-", str(dump)],
+                                  stdout=subprocess.PIPE, stderr=script_errors)
+        psql = subprocess.Popen([str(tools / "psql"), "--no-psqlrc", "--quiet", "--set=ON_ERROR_STOP=1",
+                                 f"--dbname={url}"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=psql_errors)
+        assert script.stdout is not None and psql.stdin is not None
+        try:
+            psql.stdin.write(b"BEGIN;\n")
+            for line in script.stdout:  # the settings pg_restore opens with, before the first table's rows
+                if line != UNKNOWN_BEFORE_17:
+                    psql.stdin.write(line)
+                if line == UNKNOWN_BEFORE_17 or line.startswith(b"COPY "):
+                    break
+            shutil.copyfileobj(script.stdout, psql.stdin)
+            if script.wait() == 0:
+                psql.stdin.write(b"COMMIT;\n")
+            psql.stdin.close()
+        except BrokenPipeError:  # psql stopped at an error (ON_ERROR_STOP): its transaction rolled back
+            script.kill()
+            script.wait()
+        psql.wait()
+        if psql.returncode == 0 and script.returncode == 0:
+            return None
+        for errors in (psql_errors, script_errors):
+            errors.seek(0)
+            if lines := errors.read().strip().splitlines():
+                return lines[0]
+        return "no output"
 
 
 def _past_the_journals_transaction_ids(handle: DatabaseHandle) -> DatabaseHandle:

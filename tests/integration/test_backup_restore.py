@@ -288,3 +288,52 @@ def test_a_dump_taken_while_calls_and_seals_run_restores_into_a_ledger_that_veri
             verified.stdout[-3000:] + verified.stderr[-3000:]
     finally:
         shutil.rmtree(where.name, ignore_errors=True)
+
+
+def test_tokentill_restore_goes_into_a_postgresql_16_server(server_url, migrated_template, tmp_path):
+    """README: tokentill runs on PostgreSQL 15 and later, and `tokentill restore DUMP` restores into
+    the database TOKENTILL_DATABASE_URL names. The wheel's pg_restore (18) begins every restore
+    with `SET transaction_timeout = 0`, a setting PostgreSQL 15 and 16 do not know, so every
+    restore into one stopped there: `error: pg_restore restored nothing: pg_restore: error: could
+    not execute query: ERROR:  unrecognized configuration parameter "transaction_timeout"`, exit 1.
+    Into a PostgreSQL 16 cluster (the wheel's other version) it now restores the whole ledger,
+    then says, as for any other server, that its transaction ids must pass the journal's."""
+    dump = str(embedded.bin_dir() / "pg_dump")
+    with scratch_database(server_url, f"tokentill_backup_{uuid.uuid4().hex[:10]}",
+                          template=migrated_template) as source:
+        with serving(source, ADMIN) as tt:
+            _seed(tt)
+        with psycopg.connect(source) as conn:
+            entries, customers = conn.execute(
+                "SELECT (SELECT count(*) FROM journal_entries), (SELECT count(*) FROM customers)").fetchone()
+        archive = tmp_path / "tokentill.dump"
+        archive.write_bytes(subprocess.run([dump, "--format=custom", f"--dbname={source}"], capture_output=True,
+                                           check=True).stdout)
+    assert (entries, customers) > (0, 2)
+    env = {k: v for k, v in os.environ.items() if k not in ("TOKENTILL_DATABASE_URL", "PGSERVER_POSTGRES_VERSION")}
+    where = tempfile.TemporaryDirectory(prefix="tokentill-pg16-")  # one the server's user may reach
+    holder = subprocess.Popen(  # a PostgreSQL 16 server, up while this process reads its stdin
+        [sys.executable, "-c", "import sys; from pathlib import Path; from ledger import embedded; "
+         "c = embedded.start(Path(sys.argv[1])); print(c.url, flush=True); sys.stdin.read(); c.stop()",
+         str(Path(where.name) / "pg")], env={**env, "PGSERVER_POSTGRES_VERSION": "16"},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        url = holder.stdout.readline().strip()
+        assert url, "the PostgreSQL 16 cluster started"
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.info.server_version // 10000 == 16
+            conn.execute("CREATE DATABASE restored")
+        target = url.replace("/postgres?", "/restored?")
+        done = subprocess.run([sys.executable, "-m", "api.cli", "restore", str(archive)],
+                              env={**env, "TOKENTILL_DATABASE_URL": target}, capture_output=True, text=True,
+                              timeout=300)
+        last = (done.stderr.strip().splitlines() or [""])[-1]
+        assert done.returncode == 1 and last.startswith(
+            "error: restored, but the database's transaction ids are behind its journal's"), done.stderr[-3000:]
+        with psycopg.connect(target) as conn:
+            assert conn.execute("SELECT (SELECT count(*) FROM journal_entries), "
+                                "(SELECT count(*) FROM customers)").fetchone() == (entries, customers)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+        shutil.rmtree(where.name, ignore_errors=True)
