@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import signal
 import sys
 from datetime import datetime
@@ -605,6 +606,8 @@ def main(argv: list[str] | None = None) -> int:
         reason = _unreachable(exc)
         if reason is None:
             raise
+        if bad := LIBPQ_BAD_VALUE.search(reason):  # a setting, not a database down: exit 1, naming it
+            raise SystemExit(f"TOKENTILL_DATABASE_URL: {bad.group()}") from None
         print(f"error: cannot reach the database: {reason}", file=sys.stderr)
         return DATABASE_UNREACHABLE
 
@@ -613,6 +616,10 @@ def main(argv: list[str] | None = None) -> int:
 # host name that does not resolve; a socket that is not there (libpq gave up at once). A host that
 # took the connection and never answered within connect_timeout is its own class, ConnectionTimeout.
 CONNECT_FAILURES = ("connection failed", "failed to resolve host", "connection is bad")
+# How libpq refuses the value of one of the URL's parameters as it connects (`?sslmode=bogus`:
+# `invalid sslmode value: "bogus"`; `?keepalives=x`: `invalid integer value "x" for connection option
+# "keepalives"`): a bad setting, which was `cannot reach the database`, exit 3, naming no variable.
+LIBPQ_BAD_VALUE = re.compile(r'invalid [\w ]*value:? "[^"]*"(?: for connection option "\w+")?')
 
 
 def _unreachable(exc: BaseException) -> str | None:

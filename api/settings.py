@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import platformdirs
 from psycopg import ProgrammingError
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, timeout_from_conninfo
 
 from api.gateway.config import MOST_SECONDS, GatewaySettings, digits, key, seconds_number, whole_number
 from ledger.db import IDLE_IN_TRANSACTION_MS
@@ -149,13 +149,17 @@ def _database_url(raw: str) -> str | None:
         raise SystemExit(f"TOKENTILL_DATABASE_URL: {str(exc).strip()} (the parameters libpq takes: "
                          f"https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-PARAMKEYWORDS)") from None
     try:  # the whole of it, as libpq reads it when a command connects (a traceback there, the password quoted)
-        conninfo_to_dict(raw)
+        params = conninfo_to_dict(raw)
     except ProgrammingError as exc:
         reason = " ".join(str(exc).split())
         if parts.password:
             reason = reason.replace(parts.password, "<the password>")
         raise SystemExit(f"TOKENTILL_DATABASE_URL: {reason} (write a % in the user, password or database name "
                          f"as %25, a space as %20)") from None
+    try:  # psycopg reads connect_timeout itself before libpq connects: a bad one was its traceback
+        timeout_from_conninfo({"connect_timeout": params.get("connect_timeout", 0)})
+    except ProgrammingError as exc:
+        raise SystemExit(f"TOKENTILL_DATABASE_URL: {exc} (a number of seconds)") from None
     return raw
 
 

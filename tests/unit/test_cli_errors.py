@@ -269,3 +269,23 @@ def test_a_key_for_more_customers_than_the_api_takes_is_a_usage_error(monkeypatc
     err = capsys.readouterr().err
     assert err.startswith("error: invalid API key request; customers: at most 1000 customers, not 1001"), err
     assert main(["keys", "create", "--scope", "inference", *given[:2000]]) == DATABASE_UNREACHABLE
+
+
+@pytest.mark.parametrize("query, said", [
+    ("connect_timeout=abc", "TOKENTILL_DATABASE_URL: bad value for connect_timeout: 'abc'"),  # psycopg's own check
+    ("sslmode=bogus", 'TOKENTILL_DATABASE_URL: invalid sslmode value: "bogus"'),
+    ("keepalives=x", 'TOKENTILL_DATABASE_URL: invalid integer value "x" for connection option "keepalives"'),
+])
+def test_a_bad_value_of_a_libpq_parameter_in_the_database_url_stops_the_command_naming_the_variable(
+        query, said, monkeypatch, capsys):
+    """README: a bad value stops the command before it starts, with one line naming the variable.
+    `?connect_timeout=abc` was psycopg's ProgrammingError traceback (bad value for connect_timeout),
+    exit 1, and a value libpq refuses when it connects (`?sslmode=bogus`) was `error: cannot reach the
+    database: connection is bad: invalid sslmode value: "bogus"`, exit 3, the code of a database
+    down, naming no variable. Both now stop as a bad setting, exit 1, nothing reached (port 1)."""
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", f"postgresql://postgres@127.0.0.1:1/nowhere?{query}")
+    with pytest.raises(SystemExit) as stopped:
+        main(["keys", "list"])
+    message = stopped.value.code
+    assert isinstance(message, str) and message.startswith(said) and "\n" not in message, message
+    assert "Traceback" not in capsys.readouterr().err
