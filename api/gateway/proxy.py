@@ -84,6 +84,9 @@ class Gateway:
         # by provider, the smallest prompt its models are priced dearer past (None: none is); until known, 0
         self.long_context_floor: dict[str, int | None] = {}
         self.reclaims: set[asyncio.Task[None]] = set()  # holds a reserve left unanswered may have taken
+        # (customer, request id) of the calls here going on with a hold under the caller's own id, each
+        # counted: another call under that id whose reserve goes unanswered is 409, not 503 (Exchange._submit_reserve)
+        self.holding: dict[tuple[str, str], int] = {}
 
     async def start(self) -> None:
         s = self.settings
@@ -340,7 +343,16 @@ class Exchange:
             return
         except _Gone:
             return
-        await self._guarded(call, reservation)
+        key = (reservation.reservation.customer_id, self.request_id)
+        if self.callers_id:
+            self.gw.holding[key] = self.gw.holding.get(key, 0) + 1
+        try:
+            await self._guarded(call, reservation)
+        finally:
+            if self.callers_id:
+                self.gw.holding[key] -= 1
+                if not self.gw.holding[key]:
+                    del self.gw.holding[key]
 
     async def _admit(self) -> tuple[Call, str, Principal]:
         if self.kind == "unknown":
@@ -498,7 +510,11 @@ class Exchange:
         RESERVE_TRIES: 503, and the gateway releases the hold, if one was taken, once the ledger
         answers (`Gateway.reclaim`); under the caller's own id it says x-should-retry: false (the
         id may name that hold now: a retry would meet 409). A replay of a reserve not asked here
-        (the id used before) is 409 idempotency_conflict."""
+        (the id used before) is 409 idempotency_conflict; so is one still unanswered while another
+        call of this gateway goes on with a hold under the caller's id (`Gateway.holding`: the id
+        is that call's, and this reserve took nothing; was: 503 "the ledger did not answer", and a
+        reclaim that met the other call's hold). Under an id another process's call holds, the
+        gateway cannot tell: 503."""
         unanswered = False
         for attempt in range(RESERVE_TRIES):
             try:
@@ -514,6 +530,11 @@ class Exchange:
                 if attempt + 1 < RESERVE_TRIES:
                     await asyncio.sleep(RESERVE_RETRY_S * 2**attempt)
                     continue
+                if (command.customer_id, self.request_id) in self.gw.holding:
+                    # another call here holds under this id, answered first: this reserve took nothing
+                    # (it met that hold, or never ran), so nothing is reclaimed and no new id is needed
+                    raise Refusal(409, "idempotency_conflict", f"request id {self.request_id} was used already: "
+                                  "another call under it holds and goes on") from exc
                 log.warning("gateway call %s: the ledger did not answer its reserve (%s); its hold, if taken, "
                             "is released once it answers", self.request_id, exc)
                 self.gw.reclaim(command, self.gw.wallets.clock())
