@@ -244,7 +244,7 @@ def write_beancount(conn: psycopg.Connection, out: TextIO, window: Window = Wind
               **_shown_params(shown)}
     opening = conn.execute(_OPENING, params).fetchone()[0] if window.start else None
     if opening:
-        out.write(f'\n{opened} * "opening balances"\n  time: "{window.start.isoformat()}"\n{opening}\n')
+        out.write(f'\n{opened} * "opening balances"\n  time: "{_utc_text(window.start)}"\n{opening}\n')
     entries = 0
     for (text,) in _stream(conn, _BEANCOUNT, params, "tokentill_beancount"):
         out.write("\n")
@@ -255,6 +255,11 @@ def write_beancount(conn: psycopg.Connection, out: TextIO, window: Window = Wind
     if progress:
         progress(entries, total)
     return Summary(entries)
+
+
+def _utc_text(moment: datetime) -> str:
+    """A time as every entry's `time` is written: UTC, microseconds, a Z (`2026-12-07T20:07:13.176782Z`)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _quote(value: str) -> str:

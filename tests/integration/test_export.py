@@ -11,7 +11,7 @@ import re
 import subprocess
 import sys
 from collections import defaultdict
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 
@@ -107,6 +107,27 @@ def test_a_window_in_beancount_opens_with_the_balances_before_it(demo, tmp_path)
         found = _bean_balances(out)
         assert {code: found.get(code, Decimal(0)) for code in expected} == expected, name
     assert _trial(trial["at_middle"]) != _trial(trial)  # the window matters
+
+
+def test_a_window_s_opening_balances_carry_their_time_spelled_as_every_entry_s(demo, tmp_path):
+    """An auditor in Tokyo exports from the middle of the demo, given at +09:00. Every transaction's
+    `time` is the full UTC time, `YYYY-MM-DDTHH:MM:SS.ffffffZ`; the opening balances' was written
+    `2026-12-07T20:07:13+00:00`-style (isoformat: +00:00, and no fraction at a whole second), so a
+    script reading the file's `time` one way failed on it. By hand: a middle of
+    2026-12-07T20:07:13.176782Z is sent as 2026-12-08T05:07:13.176782+09:00 (20:07 + 9 h) and the
+    opening balances read time "2026-12-07T20:07:13.176782Z"."""
+    url, trial = demo
+    middle = datetime.fromisoformat(trial["middle"].replace("Z", "+00:00"))
+    tokyo = middle.astimezone(timezone(timedelta(hours=9))).isoformat()
+    out = tmp_path / "tokyo.beancount"
+    done = cli(url, "export", "--format", "beancount", "--out", str(out), "--from", tokyo)
+    assert done.returncode == 0, done.stderr
+    entries, errors, _ = loader.load_file(str(out))
+    assert errors == []
+    times = {e.narration: e.meta["time"] for e in entries if isinstance(e, data.Transaction)}
+    assert times["opening balances"] == trial["middle"]
+    spelled = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+    assert all(spelled.fullmatch(e.meta["time"]) for e in entries if isinstance(e, data.Transaction))
 
 
 def test_the_csv_export_is_one_posting_a_row_and_sums_to_the_trial_balance(demo, tmp_path):
