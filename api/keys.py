@@ -19,6 +19,7 @@ from api.listening import listen
 from api.routes.formats import IDENTIFIER, unstorable_at
 from ledger.db import Database
 from ledger.errors import InvalidEntryError, LedgerError
+from pricing.text import text_problem
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def validate(scope: str, customers: list[str], name: str = "") -> None:
     elif (bad := unstorable_at(name)) is not None:
         fields.append({"field": "name", "message": "not text PostgreSQL can hold (a byte not in UTF-8, or U+0000) "
                        f"at position {bad + 1}"})
+    elif (problem := text_problem(name)) is not None:  # the rule of every free text: the CLI's --name too
+        fields.append({"field": "name", "message": problem})
     if len(customers) > CUSTOMERS_MOST:  # the CLI's --customer, repeated: the route's schema refuses it first
         fields.append({"field": "customers", "message": f"at most {CUSTOMERS_MOST} customers, not {len(customers)}"})
     fields += [{"field": f"customers[{i}]", "message": f"{c!r} is not a customer id (1-100 of A-Z a-z 0-9 . _ -, "

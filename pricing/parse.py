@@ -32,6 +32,7 @@ from pricing.books import (
 )
 from pricing.errors import NOT_AN_INTEGER, PriceBookValidationError, field_error
 from pricing.rule_fields import FORMAT_2_RULE_FIELDS
+from pricing.text import REFUSED_CATEGORIES
 
 _RULE_KEYS = {"id", "token_type", "price", "model", "match", "tiers", "tier_mode", "source", "context_window",
               *FORMAT_2_RULE_FIELDS}
@@ -176,6 +177,9 @@ def _reported_errors(rules: list[Rule]) -> list[dict[str, str]]:
 
 
 _UNREACHABLE = frozenset("?#%\\")  # a query, a fragment, an escape (decoded twice), a backslash
+# the free-text rule's categories (pricing.text), and Cf too: a label is a path segment, where a
+# bidi mark or a joiner is nothing a reader can see or type back
+_NOT_IN_A_LABEL = REFUSED_CATEGORIES | {"Cf"}
 
 
 def _label_errors(label: Any) -> list[dict[str, str]]:
@@ -185,7 +189,7 @@ def _label_errors(label: Any) -> list[dict[str, str]]:
     if not isinstance(label, str) or not label:
         return []  # the schema's checks, or the effective time as the label
     if any(s in ("", ".", "..") for s in label.split("/")) or any(
-            c in _UNREACHABLE or unicodedata.category(c) in ("Cc", "Cf", "Zl", "Zp") for c in label):
+            c in _UNREACHABLE or unicodedata.category(c) in _NOT_IN_A_LABEL for c in label):
         return [field_error("version", "must be readable back as a path: segments between '/' not empty, "
                                        "'.' or '..'; no '?', '#', '%', '\\' or control character")]
     return []

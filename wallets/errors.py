@@ -47,6 +47,12 @@ class WalletValidationError(WalletError):
         super().__init__(f"{field}: {message}", fields=[{"field": field, "message": message}])
 
 
+class TextRuleError(WalletValidationError):
+    """Free text that pricing.text's rule refuses (a control character, a line or paragraph
+    separator): a validation error like any other, told apart where a caller words it its own way
+    (the gateway's x-tokentill-dimensions)."""
+
+
 class NothingKeptError(WalletValidationError):
     """A settle whose usage the route refused, sent only to be answered as the settle kept for
     its body (`Settle.kept_only`), where none is: the route refuses the usage as it read it."""

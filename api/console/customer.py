@@ -25,6 +25,7 @@ from api.routes.customers import CREDITED, READERS, customer_response, wallet_re
 from api.routes.wire import MAX_AMOUNT, amount_in, answered, body_hash, time_in, unstorable
 from ledger.errors import LedgerError
 from pricing.money import CURRENCY_MINOR_UNITS, format_money, parse_amount
+from pricing.text import text_problem
 from wallets import reports
 from wallets.chart import ASSET_SCALE
 from wallets.commands import TOPUP_PRIORITY, TopUp
@@ -238,6 +239,9 @@ def _top_up_command(request: Request, customer_id: str, currency: str, form: dic
     reference = form.get("reference", "")
     if len(reference) > REFERENCE_MAX:  # as the API refuses it: never recorded cut short
         raise WalletValidationError("reference", f"at most {REFERENCE_MAX} characters")
+    problem = text_problem(reference)  # the rule of every free text, as the API refuses it
+    if problem is not None:
+        raise WalletValidationError("reference", problem)
     body = {k: form.get(k, "") for k in ("amount", "reference", "priority", "expires_on")}
     try:
         amount = amount_in(form.get("amount", ""), "amount")

@@ -55,11 +55,12 @@ from ledger.model import request_hash
 from pricing.errors import PricingError
 from pricing.genai import context_window, long_context_above, lowest_long_context
 from pricing.premium import premium_dimensions as premium_dimensions_of
+from pricing.text import text_problem
 from pricing.tokens import TokenCounter
 from wallets.chart import HELD
 from wallets.commands import MAX_TTL_SECONDS, Extend, Release, Reserve, ReserveResult
 from wallets.core.idempotency import refusal_body
-from wallets.errors import NothingKeptError, ReservationClosedError, WalletValidationError
+from wallets.errors import NothingKeptError, ReservationClosedError, TextRuleError, WalletValidationError
 
 log = logging.getLogger("tokentill.gateway")
 
@@ -381,9 +382,11 @@ class Exchange:
             if principal.counted_as_itself() else ()
         self.dimensions = {**given, "api_key": principal.key_id, "gateway": f"{self.provider}.{self.kind}"}
         rid = self._utf_8("x-tokentill-request-id")  # read as Latin-1 it was kept, and echoed, as another id
-        if rid is not None and not (0 < len(rid) <= 200 and rid.isprintable()):
-            raise Refusal(422, "validation_error",
-                          "x-tokentill-request-id must be 1 to 200 printable characters, in UTF-8")
+        if rid is not None and not 0 < len(rid) <= 200:
+            raise Refusal(422, "validation_error", "x-tokentill-request-id must be 1 to 200 characters, in UTF-8")
+        problem = None if rid is None else text_problem(rid)  # the rule of every free text (pricing.text)
+        if problem is not None:
+            raise Refusal(422, "validation_error", f"x-tokentill-request-id {problem}")
         self.request_id, self.callers_id = rid or f"gw_{uuid.uuid4().hex}", rid is not None
         parse = functools.partial(parse_call, self.kind, body, default_max_output=s.default_max_output_tokens,
                                   counter=self.gw.counter, server_tool_max_uses=s.server_tool_max_uses,
@@ -437,6 +440,10 @@ class Exchange:
                 field = "x-tokentill-dimensions" + ("" if unpaired == "body" else f".{unpaired}")
                 raise Refusal(422, "validation_error", f"{field}: {UNPAIRED}") from None
             dimensions = None
+        except TextRuleError as exc:  # the rule of every free text, in its words, named as a body's is
+            field, message = exc.context["fields"][0]["field"], exc.context["fields"][0]["message"]
+            name = "x-tokentill-dimensions" + ("" if field == "body" else f".{field}")
+            raise Refusal(422, "validation_error", f"{name}: {message}") from None
         except WalletValidationError:
             dimensions = None
         if dimensions is None or len(dimensions) > MAX_DIMENSIONS - 2:

@@ -13,8 +13,8 @@ from litestar.params import FromPath
 from api.auth import ensure_customer, principal_of, require
 from api.errors import ApiError, documented
 from api.routes import cursors
-from api.routes.formats import AMOUNT_TEXT, POSITIVE_AMOUNT, CustomerQuery, Identifier, documented_as
-from api.routes.schemas import json_body
+from api.routes.formats import AMOUNT_TEXT, POSITIVE_AMOUNT, CustomerQuery, Identifier, documented_as, free_text
+from api.routes.schemas import DimensionText, json_body
 from api.routes.wire import Answer, amount_in, idempotency, kept_answer, respond, shaped, time_out
 from pricing.errors import NOT_AN_INTEGER
 from wallets.budgets import MAX_PER_CUSTOMER, BudgetChange, BudgetSpec, valid
@@ -35,7 +35,7 @@ LIMIT_BY_METRIC = {"oneOf": [
 ]}
 Thresholds = Annotated[list[Annotated[int, msgspec.Meta(ge=1, le=1000)]], msgspec.Meta(
     max_length=20, extra_json_schema={"uniqueItems": True})]  # distinct: wallets.core.budgets checks
-Short = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+Short = Annotated[str, msgspec.Meta(min_length=1, max_length=200), free_text()]
 # what a budget is: never changed (its windows' counts would mean something else), so never ignored either
 FIXED = ("customer_id", "window", "metric", "time_zone", "api_key", "model", "dimensions")
 READERS = ("inference", "auditor", "customer")  # a customer's data: its wallet, its budgets
@@ -51,16 +51,17 @@ class CreateBudgetRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo
     metric: Metric
     limit: Limit
     mode: Mode = "hard"
-    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    name: Annotated[str, msgspec.Meta(max_length=200), free_text()] = ""
     api_key: Short | None = None  # matches the reservation's dimensions.api_key
     model: Short | None = None  # a model, or a pattern with `*`
-    dimensions: Annotated[dict[Short, Short], msgspec.Meta(max_length=16)] = {}
+    # a value as a call may send it (schemas.Dimension: "" included), so that a budget can bind any
+    dimensions: Annotated[dict[Short, DimensionText], msgspec.Meta(max_length=16)] = {}
     thresholds: Thresholds = []
     time_zone: Short | None = None  # day and month windows; default: the customer's, else UTC
 
 
 class ChangeBudgetRequest(msgspec.Struct, forbid_unknown_fields=True):
-    name: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    name: Annotated[str, msgspec.Meta(max_length=200), free_text()] | None = None
     limit: Limit | None = None
     mode: Mode | None = None
     thresholds: Thresholds | None = None

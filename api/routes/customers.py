@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from api.auth import principal_of, require
 from api.errors import documented
 from api.routes.budgets import READERS, BudgetResponse, budget_response
-from api.routes.formats import Amount, DateTime, Identifier, PositiveAmount
+from api.routes.formats import Amount, DateTime, Identifier, PositiveAmount, free_text
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped, time_in, time_out
 from wallets import reports
@@ -36,12 +36,12 @@ from wallets.periods import DEFAULT_GRACE_S, DEFAULT_TERMS_DAYS
 from wallets.service import CustomerSpec, CustomerView
 
 Priority = Annotated[int, msgspec.Meta(ge=0, le=100)]
-Text = Annotated[str, msgspec.Meta(max_length=500)]
+Text = Annotated[str, msgspec.Meta(max_length=500), free_text()]
 
 
 class CreateCustomerRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
     id: Identifier
-    name: Annotated[str, msgspec.Meta(max_length=200)] = ""
+    name: Annotated[str, msgspec.Meta(max_length=200), free_text()] = ""
     currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] = "USD"
     billing: Literal["prepaid", "postpaid"] = "prepaid"
     price_book: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | None = "standard"
@@ -55,7 +55,7 @@ class CreateCustomerRequest(msgspec.Struct, forbid_unknown_fields=True):  # a ty
 
 
 class ChangeCustomerRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
-    name: Annotated[str, msgspec.Meta(max_length=200)] | msgspec.UnsetType = msgspec.UNSET
+    name: Annotated[str, msgspec.Meta(max_length=200), free_text()] | msgspec.UnsetType = msgspec.UNSET
     price_book: Annotated[str, msgspec.Meta(min_length=1, max_length=100)] | msgspec.UnsetType = msgspec.UNSET
     overdraft_limit: Amount | msgspec.UnsetType | None = msgspec.UNSET  # null: unlimited
 

@@ -13,6 +13,9 @@ from typing import Annotated, Any
 import msgspec
 from litestar.params import QueryParameter
 
+from pricing.text import PATTERN as TEXT_PATTERN
+from pricing.text import text_problem
+
 MAX_WHOLE_DIGITS = 9  # amounts are at most 1000000000 ...
 MAX_DECIMALS = 9  # ... with at most 9 decimals (the atomic unit of every wallet currency)
 
@@ -84,10 +87,11 @@ def _type_info(type_: Any) -> msgspec.inspect.Type:
     return msgspec.inspect.type_info(type_)  # slow (it evaluates annotations): once per type
 
 
-def mismatched_patterns(data: Any, type_: Any = None) -> list[str]:
-    """Paths of the strings in `data` (nested structs, lists and dicts included) that are not
-    all in their declared pattern. msgspec checks a pattern with `re.search`, where `$` also
-    matches before a trailing newline; JSON Schema's (ECMA-262) `$` does not, nor does this."""
+def mismatched_patterns(data: Any, type_: Any = None) -> list[tuple[str, str, bool]]:
+    """(path, message, whether it is free text) of the strings in `data` (nested structs, lists and dicts included) that
+    are not all in their declared pattern, or that are free text (`free_text`) the rule of
+    pricing.text refuses. msgspec checks a pattern with `re.search`, where `$` also matches
+    before a trailing newline; JSON Schema's (ECMA-262) `$` does not, nor does this."""
     return _mismatched(data, _type_info(type(data) if type_ is None else type_), "")
 
 
@@ -101,6 +105,8 @@ def _patterned(info: msgspec.inspect.Type) -> bool:
     if known is None:
         if isinstance(info, msgspec.inspect.StrType):
             known = bool(info.pattern)
+        elif _is_free_text(info):
+            known = True
         else:
             _PATTERNED[id(info)] = True  # a recursive type meets itself: walked, to be safe
             known = any(_patterned(child) for child in _children(info))
@@ -134,15 +140,17 @@ def _children(info: msgspec.inspect.Type) -> list[msgspec.inspect.Type]:
     return []
 
 
-def _mismatched(value: Any, info: msgspec.inspect.Type, path: str) -> list[str]:
+def _mismatched(value: Any, info: msgspec.inspect.Type, path: str) -> list[tuple[str, str, bool]]:
     if not _patterned(info):
         return []
     if isinstance(info, msgspec.inspect.Metadata):
-        return _mismatched(value, info.type, path)
+        problem = text_problem(value) if _is_free_text(info) and isinstance(value, str) else None
+        return [(path, problem, True)] if problem is not None else _mismatched(value, info.type, path)
     if isinstance(info, msgspec.inspect.UnionType):
         return [p for member in info.types for p in _mismatched(value, member, path)]
     if isinstance(info, msgspec.inspect.StrType):
-        return [path] if isinstance(value, str) and info.pattern and not matches(info.pattern, value) else []
+        return [(path, "does not match the pattern in the OpenAPI document", False)] \
+            if isinstance(value, str) and info.pattern and not matches(info.pattern, value) else []
     if isinstance(info, msgspec.inspect.StructType) and isinstance(value, info.cls):
         return [p for name, encoded, kind in _patterned_fields(info)
                 for p in _mismatched(getattr(value, name), kind, f"{path}.{encoded}".lstrip("."))]
@@ -150,8 +158,24 @@ def _mismatched(value: Any, info: msgspec.inspect.Type, path: str) -> list[str]:
         return [p for i, item in enumerate(value) for p in _mismatched(item, info.item_type, f"{path}[{i}]")]
     if isinstance(info, msgspec.inspect.DictType) and isinstance(value, dict):
         return [p for key, item in value.items()
-                for p in (*_mismatched(key, info.key_type, path), *_mismatched(item, info.value_type, f"{path}.{key}"))]
+                for p in (*[(where or "body", "a key " + message, text)
+                            for where, message, text in _mismatched(key, info.key_type, path)],
+                          *_mismatched(item, info.value_type, f"{path}.{key}".lstrip(".")))]
     return []
+
+
+_FREE_TEXT = "free_text"
+
+
+def _is_free_text(info: msgspec.inspect.Type) -> bool:
+    return isinstance(info, msgspec.inspect.Metadata) and bool((info.extra or {}).get(_FREE_TEXT))
+
+
+def free_text(**meta: Any) -> msgspec.Meta:
+    """Metadata of a free-text field (a name, a description, a reference, a caller's id, a model,
+    a dimension's name or string value): held to the one rule of pricing.text, by `shaped`, with
+    a message naming the character and where it is; the document shows the rule as a pattern."""
+    return msgspec.Meta(extra={_FREE_TEXT: True}, extra_json_schema={"pattern": TEXT_PATTERN}, **meta)
 
 
 def documented_as(pattern: str, description: str, **schema: Any) -> msgspec.Meta:

@@ -16,7 +16,7 @@ from api import renderings
 from api.auth import ensure_owner, require
 from api.errors import documented
 from api.routes import cursors
-from api.routes.formats import DateTime, Identifier, PositiveAmount
+from api.routes.formats import DateTime, Identifier, PositiveAmount, free_text
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped, time_in
 from wallets import billing
@@ -32,7 +32,7 @@ BILL_TO = ("The customer's name when the document was issued, frozen in it (a re
 
 class PayInvoiceRequest(msgspec.Struct, forbid_unknown_fields=True):  # a misspelt currency: 422, not the invoice's
     amount: PositiveAmount
-    reference: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    reference: Annotated[str, msgspec.Meta(min_length=1, max_length=500), free_text()]
     currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] | None = None  # default: the invoice's
 
 

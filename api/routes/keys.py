@@ -14,7 +14,7 @@ from api import keys
 from api.auth import bearer, require
 from api.errors import documented
 from api.routes import sealing
-from api.routes.formats import IDENTIFIER
+from api.routes.formats import IDENTIFIER, free_text
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, idempotency, respond, shaped
 from ledger.db import lock_key
@@ -29,7 +29,7 @@ CustomerId = Annotated[str, msgspec.Meta(extra_json_schema={"minLength": 1, "max
 class CreateApiKeyRequest(msgspec.Struct, forbid_unknown_fields=True):  # a misspelt `customers`: 422, not unlimited
     scope: Annotated[str, msgspec.Meta(pattern=keys.SCOPE.pattern)]
     customers: Annotated[list[CustomerId], msgspec.Meta(max_length=keys.CUSTOMERS_MOST)] = []
-    name: Annotated[str, msgspec.Meta(max_length=keys.NAME_MOST)] = ""
+    name: Annotated[str, msgspec.Meta(max_length=keys.NAME_MOST), free_text()] = ""
 
 
 CreateApiKeyBody = Annotated[dict[str, Any], json_body(CreateApiKeyRequest)]

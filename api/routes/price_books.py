@@ -17,7 +17,7 @@ from litestar.params import FromPath, QueryParameter
 from api.auth import require
 from api.errors import documented
 from api.routes import cursors
-from api.routes.formats import AMOUNT_TEXT, IDENTIFIER, POSITIVE_AMOUNT, PRICE, DateTime
+from api.routes.formats import AMOUNT_TEXT, IDENTIFIER, POSITIVE_AMOUNT, PRICE, DateTime, free_text
 from api.routes.schemas import BIGINT, MAX_DIMENSION_TEXT, Dimension, json_body
 from api.routes.wire import Answer, bound_in, idempotency, respond, shaped, time_in, time_out, time_param
 from ledger.db import lock_key
@@ -48,7 +48,7 @@ ContextWindow = Annotated[int, msgspec.Meta(ge=1, le=MAX_CONTEXT_WINDOW, descrip
     "The most input + output tokens one call can have; a settle beyond it is implausible_usage"))]
 IN_THREAD_ABOVE = 200  # rules: a bigger version is parsed off the event loop
 DimensionName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DIMENSION_TEXT,  # as a usage's (schemas)
-                                             extra_json_schema={"not": {"const": "model"}})]
+                                             extra_json_schema={"not": {"const": "model"}}), free_text()]
 _OPEN_TIER = {"anyOf": [{"not": {"required": ["up_to"]}}, {"properties": {"up_to": {"type": "null"}}}]}
 _PRICE_OR_TIERS = {"oneOf": [
     {"required": ["price"], "properties": {
@@ -73,21 +73,21 @@ Hours = msgspec.defstruct("Hours", [("from", HHMM), ("to", HHMM)], forbid_unknow
 
 
 class RuleRequest(msgspec.Struct, forbid_unknown_fields=True):
-    id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_RULE_ID)]
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_RULE_ID), free_text()]
     token_type: Literal[TOKEN_TYPES]  # type: ignore[valid-type]
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MODEL)] | None = None
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_MODEL), free_text()] | None = None
     price: Price | None = None
     match: Annotated[dict[DimensionName, Dimension], msgspec.Meta(max_length=MAX_MATCH_DIMENSIONS)] | None = None
     tiers: Annotated[list[TierRequest], msgspec.Meta(max_length=MAX_TIERS, extra_json_schema={
         "description": "Ascending `up_to`; only the last tier is open (`up_to` null).",
         "contains": _OPEN_TIER, "maxContains": 1})] | None = None
     tier_mode: Literal[TIER_MODES] | None = None  # type: ignore[valid-type]
-    source: str | None = None
+    source: Annotated[str, free_text()] | None = None
     context_window: ContextWindow | None = None
     prompt_tiers: Annotated[list[PromptTierRequest], msgspec.Meta(max_length=MAX_TIERS, description=(
         "Format 2: every unit of a call at `price` once its prompt passes `above` tokens"))] | None = None
     hours: Annotated[Hours, msgspec.Meta(description="Format 2: a daily UTC window, `to` excluded")] | None = None  # type: ignore[valid-type]
-    label: Annotated[str, msgspec.Meta(min_length=1, max_length=60)] | None = None
+    label: Annotated[str, msgspec.Meta(min_length=1, max_length=60), free_text()] | None = None
     source_date: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$")] | None = None
 
 

@@ -14,7 +14,7 @@ from litestar.params import FromPath
 
 from api.auth import require
 from api.errors import documented
-from api.routes.formats import POSITIVE_AMOUNT, PRICE, DateTime
+from api.routes.formats import POSITIVE_AMOUNT, PRICE, DateTime, free_text
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, bound_in, idempotency, respond, shaped, time_out
 from pricing.books import TOKEN_TYPES
@@ -22,8 +22,9 @@ from pricing.override_versions import MAX_ITEMS, parse_overrides
 from wallets import price_overrides
 from wallets.core.idempotency import CREATED, EXISTS
 
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
-Model = Annotated[str, msgspec.Meta(min_length=1, max_length=200, description="a model, or a pattern with `*`")]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=100), free_text()]
+Model = Annotated[str, msgspec.Meta(min_length=1, max_length=200, description="a model, or a pattern with `*`"),
+                  free_text()]
 Price = Annotated[str, msgspec.Meta(pattern=PRICE, description="per 1,000,000 tokens (per call for `request`)")]
 Percent = Annotated[str, msgspec.Meta(pattern=PRICE, description="a decimal string, more than 0 and at most 100")]
 Amount = Annotated[str, msgspec.Meta(pattern=POSITIVE_AMOUNT, description="money per billing period, more than 0")]

@@ -12,7 +12,7 @@ from litestar.params import FromPath
 from api.auth import require
 from api.errors import documented
 from api.routes.customers import WalletResponse, wallet_response
-from api.routes.formats import PositiveAmount
+from api.routes.formats import PositiveAmount, free_text
 from api.routes.schemas import json_body
 from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped
 from wallets.commands import RefundCredit, RefundResult
@@ -21,9 +21,9 @@ from wallets.commands import RefundCredit, RefundResult
 class RefundCreditRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
     amount: PositiveAmount
     # the payout's id at the bank or processor (a wire's, a Stripe refund's re_...): `audit reconcile` matches it
-    reference: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    reference: Annotated[str, msgspec.Meta(min_length=1, max_length=500), free_text()]
     currency: Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")] | None = None  # default: the customer's
-    reason: Annotated[str, msgspec.Meta(max_length=500)] = ""
+    reason: Annotated[str, msgspec.Meta(max_length=500), free_text()] = ""
 
 
 class RefundedGrant(msgspec.Struct):

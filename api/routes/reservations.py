@@ -19,7 +19,7 @@ from api.auth import (
     services_of,
 )
 from api.errors import ApiError, documented
-from api.routes.formats import Amount, Identifier
+from api.routes.formats import Amount, Identifier, free_text
 from api.routes.inputs import hashed_as_before, prepare_estimate, usage_or_kept, usage_tokens
 from api.routes.schemas import (
     ANTHROPIC_USAGE,
@@ -53,8 +53,8 @@ from wallets.errors import ConflictError, NotFoundError, NothingKeptError, Walle
 
 class CreateReservationRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
     customer_id: Identifier
-    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    request_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200), free_text()]
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200), free_text()]
     ttl_seconds: Annotated[int, msgspec.Meta(ge=1, le=MAX_TTL_SECONDS)] = 300
     estimate: Annotated[dict[str, Any], json_object(ESTIMATE)] | None = None
     amount: Amount | None = None
@@ -93,7 +93,7 @@ class SettleRequest(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 
     openai_usage: Annotated[dict[str, Any], json_object(OPENAI_USAGE)] | None = None
     anthropic_usage: Annotated[dict[str, Any], json_object(ANTHROPIC_USAGE)] | None = None
     final: bool = True
-    capture_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None = None
+    capture_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200), free_text()] | None = None
     force: Annotated[bool, msgspec.Meta(description=(
         "Admin keys only: charge usage past the plausibility bounds; the charge's trace records it"))] = False
     gemini_usage: Annotated[dict[str, Any], json_object(GEMINI_USAGE)] | None = None

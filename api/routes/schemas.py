@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import msgspec
 from litestar.params import Body, BodyKwarg
 
+from api.routes.formats import free_text
 from pricing.normalize import CANONICAL_FIELDS, EXTRA_FIELDS
 from pricing.usage import MAX_QUANTITY
 
@@ -21,10 +22,12 @@ MAX_DIMENSIONS = 32
 # recorded that no budget could name and the report could not group by
 MAX_DIMENSION_TEXT = 200
 BIGINT = 2**63  # PostgreSQL's bigint holds -BIGINT to BIGINT - 1
-Dimension = Annotated[str, msgspec.Meta(max_length=MAX_DIMENSION_TEXT)] | Annotated[
+# a dimension's string value: "" included, as a budget's (budgets.CreateBudgetRequest) binds it
+DimensionText = Annotated[str, msgspec.Meta(max_length=MAX_DIMENSION_TEXT), free_text()]
+Dimension = DimensionText | Annotated[
     int, msgspec.Meta(ge=-BIGINT, le=BIGINT - 1)] | bool
 # pricing.usage refuses an empty name
-DimensionName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DIMENSION_TEXT)]
+DimensionName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DIMENSION_TEXT), free_text()]
 Dimensions = Annotated[dict[DimensionName, Dimension], msgspec.Meta(max_length=MAX_DIMENSIONS)]
 
 COUNT = {"type": "integer", "minimum": 0, "maximum": MAX_QUANTITY}

@@ -18,6 +18,7 @@ from litestar.datastructures import State
 
 from api.auth import guarded_post, principal_of, require
 from api.errors import RETRY_AFTER_S, ApiError, Problem, documented, error_response, problem_body, unexpected
+from api.routes.formats import free_text
 from api.routes.reservations import SETTLED, SettleRequest, SettleResponse, _settle_body, settle_outcome
 from api.routes.schemas import (
     ANTHROPIC_USAGE,
@@ -48,7 +49,7 @@ class SettleItem(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
     openai_usage: Annotated[dict[str, Any], json_object(OPENAI_USAGE)] | None = None
     anthropic_usage: Annotated[dict[str, Any], json_object(ANTHROPIC_USAGE)] | None = None
     final: bool = True
-    capture_id: Text | None = None
+    capture_id: Annotated[Text, free_text()] | None = None
     # 1 to 255 characters once stripped of spaces, as the header (wire.idempotency counts them)
     idempotency_key: Annotated[str, msgspec.Meta(extra_json_schema={"minLength": 1, "maxLength": 255}, description=(
         "As a single settle's Idempotency-Key (the same key either way is one settle), stripped of spaces "

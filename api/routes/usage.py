@@ -16,7 +16,7 @@ from api import renderings
 from api.auth import key_dimensions, principal_of, require
 from api.errors import ApiError, documented, unexpected
 from api.routes.cursors import MAX_PAGE, PAGE, Cursor, decode_position, encode_position, invalid
-from api.routes.formats import GROUP_BY, MAX_GROUP_BY, Identifier, matches
+from api.routes.formats import GROUP_BY, MAX_GROUP_BY, Identifier, free_text, matches
 from api.routes.inputs import usage_or_kept, usage_tokens
 from api.routes.schemas import Dimensions, json_body
 from api.routes.wire import (
@@ -52,9 +52,9 @@ FUTURE_SLACK_S = 300  # an event's time may be this far ahead of the server's cl
 
 
 class UsageEvent(msgspec.Struct, forbid_unknown_fields=True):  # a misspelt `dimensions`: 422, not unseen by budgets
-    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    event_id: Annotated[str, msgspec.Meta(min_length=1, max_length=200), free_text()]
     customer_id: Identifier
-    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+    model: Annotated[str, msgspec.Meta(min_length=1, max_length=200), free_text()]
     timestamp: Annotated[str, msgspec.Meta(extra_json_schema={
         "description": "RFC 3339 with an offset; an event with another time is rejected, not the batch"})]
     usage: dict[str, Any] | None = None

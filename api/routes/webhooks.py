@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from api.auth import bearer, require
 from api.errors import documented
 from api.routes import sealing
-from api.routes.formats import DateTime
+from api.routes.formats import DateTime, free_text
 from api.routes.schemas import BIGINT, exactly_one, json_body
 from api.routes.wire import Answer, bound_event_in, bound_in, ends_before, idempotency, respond, shaped, time_out
 from api.webhooks import sendable
@@ -40,7 +40,7 @@ from wallets.webhooks.rules import (
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_URL, extra_json_schema={"pattern": URL_PATTERN})]
 Topic = Annotated[str, msgspec.Meta(max_length=100, extra_json_schema={"pattern": TOPIC_PATTERN})]
 Topics = Annotated[list[Topic], msgspec.Meta(min_length=1, max_length=MAX_TOPICS)]
-Description = Annotated[str, msgspec.Meta(max_length=1000)]
+Description = Annotated[str, msgspec.Meta(max_length=1000), free_text()]
 InFlight = Annotated[int, msgspec.Meta(ge=1, le=64)]
 # a log's one event (an empty one names none: its log was 200 with no items, as for one never sent)
 EventIdQuery = Annotated[str | None, QueryParameter(name="event_id", min_length=1, max_length=200)]

@@ -47,7 +47,7 @@ from wallets import store
 from wallets.chart import ASSET_SCALE
 from wallets.core.idempotency import OK, IdemKey, Replayed, check_key, http_scope
 from wallets.core.state import wire_time
-from wallets.errors import WalletValidationError
+from wallets.errors import TextRuleError, WalletValidationError
 
 SCALE = ASSET_SCALE
 MAX_AMOUNT = 10**18  # 1e9 currency units: larger top-ups and holds are mistakes
@@ -325,10 +325,12 @@ _TIMES: dict[str, datetime] = {}  # times that passed time_in lately (a datetime
 
 
 def checked(data: Any, type_: Any = None) -> Any:
-    """`data`, once every pattern-constrained string in it is known to match all the way."""
+    """`data`, once every pattern-constrained string in it is known to match all the way, and
+    every free-text one (formats.free_text) to hold to pricing.text's rule."""
     wrong = mismatched_patterns(data, type_)
     if wrong:
-        raise WalletValidationError(wrong[0], "does not match the pattern in the OpenAPI document")
+        field, message, text = wrong[0]
+        raise (TextRuleError if text else WalletValidationError)(field, message)
     return data
 
 

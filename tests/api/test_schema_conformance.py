@@ -19,6 +19,7 @@ from ledger.accounts import ensure_asset
 from ledger.db import Database, connect
 from pricing.books import TOKEN_TYPES
 from pricing.parse import parse_time
+from pricing.text import PATTERN as TEXT_PATTERN
 from pricing.units import FORMAT_1_TYPES
 from pricing.usage import NOT_AN_INTEGER
 from tests.api.apps import api_client
@@ -371,8 +372,8 @@ async def test_the_document_states_distinct_thresholds_named_dimensions_and_a_bi
     assert twice.status_code == 422 and twice.json()["fields"][0]["field"] == "thresholds"
     for path in ("/v1/reservations", "/v1/usage-events"):
         schema = _body(document, path)
-        assert (schema.get("items") or schema)["properties"]["dimensions"]["propertyNames"] == {"minLength": 1,
-                                                                                        "maxLength": 200}
+        assert (schema.get("items") or schema)["properties"]["dimensions"]["propertyNames"] == {
+            "minLength": 1, "maxLength": 200, "pattern": TEXT_PATTERN}  # the rule of free text (pricing.text)
     unnamed = await client.post("/v1/reservations", json={"customer_id": cid, "request_id": "r", "model": "m",
                                                           "amount": "1", "dimensions": {"": 1}})
     assert unnamed.status_code == 422 and unnamed.json()["fields"][0]["field"] == "dimensions"
