@@ -17,6 +17,7 @@ from ledger.model import AccountSpec, JournalEntry
 from ledger.posting import Outcome, PreparedPost, prepare_post
 from pricing.books import PriceBook
 from pricing.errors import wire_time
+from pricing.money import minor_unit
 from wallets import chart, store
 from wallets.core import Decision, State, decide
 from wallets.core import idempotency as answers
@@ -224,9 +225,14 @@ class Batch:
                 kinds[effect.code] = effect.kind
         rollup = entry_rollup(c, entry, kinds, lines, priced.funding if priced is not None else ())
         if priced is not None and any(type(effect) is CreditNoteIssued for effect in decision.effects):
-            # a note's part of what the receivable paid, whole minor units: the close rounds the rest
+            # a note's part of what the receivable paid, whole minor units: the close rounds the rest.
+            # One that moved a fraction (after a note of before notes were rounded, or that one) is
+            # rounded with the period, as before: summed with whole ones, it made the sum a fraction
+            # and whole_rounding then left none of it out (a whole note's money rounded again)
             receivable = chart.receivable_account(c.id)
-            add(rollup, NOTED, 0, sum(units for account, units in priced.funding if account == receivable))
+            share = sum(units for account, units in priced.funding if account == receivable)
+            if share % minor_unit(c.currency) == 0:
+                add(rollup, NOTED, 0, share)
         self._roll(c.id, period, rollup)
         return entry.with_metadata({**entry.metadata, "period": period})
 

@@ -31,6 +31,25 @@ async def yen(fresh_db) -> BillingKit:
     return kit
 
 
+async def november_due_4(bk: BillingKit, cid: str) -> None:
+    """Postpaid JPY customer `cid`: 3 calls of 1,000 tokens on November 10th at 1,500 yen per 1M
+    (4.5 yen), closed: due 4, the close's rounding -0.5."""
+    await bk.service.create_customer(CustomerSpec(cid, cid, "JPY", "postpaid", "yen", None, None))
+    for _ in range(3):
+        await bk.event(cid, "model-a", 1_000, 0, at=datetime(2026, 11, 10, tzinfo=UTC))
+    await bk.close(DEC_1_GRACE_OVER)
+    [november] = await bk.invoices(cid)
+    assert (november["amount_due"], november["amount_due_rounding"]) == ("4", "-0.5")
+
+
+async def december_closed(bk: BillingKit, cid: str, tokens: int) -> dict:
+    """`tokens` model-a input tokens on December 10th, December closed: its invoice."""
+    await bk.event(cid, "model-a", tokens, 0, at=datetime(2026, 12, 10, tzinfo=UTC))
+    await bk.close(JAN_1_GRACE_OVER)
+    _, december = await bk.invoices(cid)
+    return december
+
+
 # By hand, postpaid, model-a input at 1,500 yen per 1M: 3 calls of 1,000 tokens on November 10th
 # are 4.5 yen, due 4 (the close's rounding -0.5). v2 (1,000 yen per 1M from November 1st) makes
 # them 3 yen: a note of total -1.5, amount round(3) - 4 = -1 (0.5 yen to rounding), billed in
@@ -47,21 +66,14 @@ async def test_a_later_close_does_not_round_a_credit_note_s_money_again(
         yen: BillingKit, tokens: int, due: str, rounding: str, owed: int) -> None:
     bk = yen
     cid = "yen-post"
-    await bk.service.create_customer(CustomerSpec(cid, cid, "JPY", "postpaid", "yen", None, None))
-    for _ in range(3):
-        await bk.event(cid, "model-a", 1_000, 0, at=datetime(2026, 11, 10, tzinfo=UTC))
-    await bk.close(DEC_1_GRACE_OVER)
-    [november] = await bk.invoices(cid)
-    assert (november["amount_due"], november["amount_due_rounding"]) == ("4", "-0.5")
+    await november_due_4(bk, cid)
     await bk.add_book(_book("v2", "2026-11-01T00:00:00Z", "1000"))
     bk.clock.now = DEC_2
     done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec("yen", "v2", NOV_1, DEC_1), None)
     [note] = done["credit_notes"]
     assert note["total"] == "-1.5"
     assert (await wallet(bk, cid)).receivable == 3 * YEN  # 4 - 1: the note moved -1
-    await bk.event(cid, "model-a", tokens, 0, at=datetime(2026, 12, 10, tzinfo=UTC))
-    await bk.close(JAN_1_GRACE_OVER)
-    _, december = await bk.invoices(cid)
+    december = await december_closed(bk, cid, tokens)
     assert (december["amount_due"], december["amount_due_rounding"]) == (due, rounding), december
     assert (await wallet(bk, cid)).receivable == owed * YEN
     await verified(bk)
