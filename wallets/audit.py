@@ -8,9 +8,10 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ledger.audit import Check, CheckFn, Report, _query_check, problems_check, verify
-from pricing.money import DEFAULT_SCALE
+from pricing.money import CURRENCY_MINOR_UNITS, DEFAULT_SCALE, minor_unit
 from pricing.units import PER_UNITS
 from wallets import chart, store
+from wallets.core.billing import NOTED
 
 
 def _literal(value: str) -> str:
@@ -456,11 +457,34 @@ async def _charge_periods(conn: AsyncConnection) -> bool:
     return (await _schema(conn))["charge_periods"]
 
 
+# Atomic units in a minor unit of each currency the table lists (pricing.money.minor_unit; 1 for
+# one it does not: its atomic unit).
+_MINOR_UNITS = ", ".join(f"({_literal(code)}, {minor_unit(code)})" for code in sorted(CURRENCY_MINOR_UNITS))
+# What the credit and debit notes billed in each (customer, period) posted the customer's receivable,
+# each note's where it is whole minor units of its currency: the rollup's `noted`, which the close's
+# rounding of the amount due leaves out (wallets.core.billing.NOTED; the batch keeps a note's part of
+# what the receivable paid there where it is whole, commit 28d7d9b2). A note that moved a fraction
+# (after one of before notes were rounded) is rounded with its period: not in it.
+_NOTED = f"""
+    SELECT n.customer_id, j.metadata ->> 'period' AS period, sum(x.share) AS noted
+      FROM credit_notes n JOIN journal_entries j ON j.lane = n.lane AND j.id = n.entry_id
+     CROSS JOIN LATERAL (
+           SELECT coalesce(sum(p.amount), 0) AS share FROM postings p
+            WHERE p.lane = j.lane AND p.entry_id = j.id
+              AND p.account_id = ANY(ARRAY(SELECT id FROM accounts
+                                            WHERE code = {_RECEIVABLE.replace('c.id', 'n.customer_id')}))) x
+      LEFT JOIN (VALUES {_MINOR_UNITS}) u(currency, unit) ON u.currency = n.currency
+     WHERE x.share % coalesce(u.unit, 1) = 0
+     GROUP BY 1, 2"""
+
+
 async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
     """Each period's rollup (its folded rows plus its unfolded deltas, from migration 0029 on)
     against its entries' postings; a customer's rollup, folded or not, holds items only of the
     periods its entries or its charges (a free call's: no entry) are billed in (from 0040 on,
-    each charge keeps its period, and it is its entry's)."""
+    each charge keeps its period, and it is its entry's). Its `noted` is what the notes billed in
+    the period posted the receivable (_NOTED), where the rollup has one: a period billed only notes
+    of before 28d7d9b2 has none, and a `noted` deleted by hand is not seen."""
     if not await _billed(conn):
         return Check("period_rollups", True, "no billing periods in this schema (before migration 0017)")
     deltas, charged = await _deltas(conn), await _charge_periods(conn)
@@ -508,6 +532,13 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
     billed_charge = ("""
            AND NOT EXISTS (SELECT 1 FROM charges c WHERE c.customer_id = r.customer_id AND c.period = r.period)"""
                      if charged else "")
+    noted = f"""
+        UNION ALL
+        SELECT format('customer %s, period %s: rollup says noted (the notes'' whole money, left out of the '
+                      'close''s rounding) %s; the notes'' entries posted the receivable %s', r.customer_id, r.period,
+                      r.noted, coalesce(n.noted, 0))
+          FROM rolled r LEFT JOIN ({_NOTED}) n USING (customer_id, period)
+         WHERE r.noted_rows > 0 AND r.noted <> coalesce(n.noted, 0)""" if (await _schema(conn))["credit_notes"] else ""
     return await _query_check(conn, "period_rollups", f"""
         WITH moved AS ({_MOVED}),
         rolled AS (
@@ -517,6 +548,8 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
                    coalesce(sum(amount) FILTER (WHERE item = 'reserved'), 0) AS reserved,
                    coalesce(sum(amount) FILTER (WHERE item = 'rounded'), 0) AS rounded,
                    coalesce(sum(amount) FILTER (WHERE item = 'funded:rounding'), 0) AS note_rounding,
+                   coalesce(sum(amount) FILTER (WHERE item = {_literal(NOTED)}), 0) AS noted,
+                   count(*) FILTER (WHERE item = {_literal(NOTED)}) AS noted_rows,
                    coalesce(sum(amount) FILTER (WHERE item = 'topups'), 0) AS topups,
                    coalesce(sum(amount) FILTER (WHERE item = 'payments'), 0) AS payments,
                    coalesce(sum(amount) FILTER (WHERE item = 'grants'), 0) AS grants,
@@ -568,8 +601,9 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
                       'entries or charges is billed in that period', r.customer_id, r.period, r.folded, r.queued)
           FROM rolled r
          WHERE NOT EXISTS (SELECT 1 FROM moved m WHERE m.customer_id = r.customer_id AND m.period = r.period)
-               {billed_charge}{charges}{lines}
+               {billed_charge}{charges}{lines}{noted}
         """, "each billing period's rollup equals what its entries posted; its lines and their funding tie out; "
+             "its notes' money left out of the close's rounding (`noted`) is what they posted the receivable; "
              "a customer's rollups are of the periods its entries and charges are billed in")
 
 

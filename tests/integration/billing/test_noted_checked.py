@@ -1,0 +1,68 @@
+"""verify (period_rollups) ties a period rollup's `noted` (the credit and debit notes' money that
+the close's rounding of the amount due leaves out, commit 28d7d9b2) to the postings it summarises:
+each note's entry billed in the period, what it posted the customer's receivable, where that is
+whole minor units. A `noted` changed by raw SQL would change the next close's rounding unseen."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from billing_kit import BillingKit
+from sqlalchemy import text
+from test_credit_note_not_rounded_again import YEN, _book, november_due_4, yen  # noqa: F401 (fixture)
+from test_period_deltas import fold
+from test_rerate import DEC_1, DEC_2, NOV_1, verified
+
+from wallets import rerating
+from wallets.audit import period_rollups_match_postings
+
+CID = "yen-noted"
+
+
+async def _problems(bk: BillingKit, *sqls: str) -> list[str]:
+    """The period_rollups check's problems once `sqls` ran past the triggers, rolled back after."""
+
+    async def run(conn: Any) -> list[str]:
+        await conn.execute(text("SET LOCAL session_replication_role = replica"))
+        for sql in sqls:
+            await conn.execute(text(sql))
+        await conn.execute(text("SET LOCAL session_replication_role = origin"))
+        found = await period_rollups_match_postings(conn)
+        await conn.rollback()
+        return sorted(found.problems)
+
+    return await bk.db.read(run)
+
+
+# By hand (test_credit_note_not_rounded_again): postpaid JPY, 3 x 1,000 tokens at 1,500 yen/M in
+# November are 4.5 yen, due 4; re-rated to 1,000 yen/M (3 yen): a note of total -1.5 moving
+# round(3) - 4 = -1 yen, billed in December. December's `noted` is that -1 yen, what the note's
+# entry credited the receivable: -1,000,000,000 atomic units.
+async def test_a_rollup_s_noted_changed_by_raw_sql_is_named(yen: BillingKit) -> None:  # noqa: F811
+    bk = yen
+    await november_due_4(bk, CID)
+    await bk.add_book(_book("v2", "2026-11-01T00:00:00Z", "1000"))
+    bk.clock.now = DEC_2
+    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec("yen", "v2", NOV_1, DEC_1), None)
+    assert len(done["credit_notes"]) == 1
+    await fold(bk, CID)
+    where = f"WHERE customer_id = '{CID}' AND period = '2026-12' AND item = 'noted'"
+    assert await _problems(bk) == []  # guard: as written, it ties
+    said = f"customer {CID}, period 2026-12: rollup says noted (the notes' whole money, left out of the close's "
+    assert await _problems(bk, f"UPDATE period_rollups SET amount = 0 {where}") == [
+        said + "rounding) 0; the notes' entries posted the receivable -1000000000"
+    ]
+    assert await _problems(bk, f"UPDATE period_rollups SET amount = {-2 * YEN} {where}") == [
+        said + "rounding) -2000000000; the notes' entries posted the receivable -1000000000"
+    ]
+    # a rollup's noted where no note was billed (the November rollup, its close's period)
+    assert await _problems(
+        bk,
+        f"""INSERT INTO period_rollups (lane, customer_id, period, item, quantity, amount)
+                                   SELECT lane, customer_id, '2026-11', 'noted', 0, {YEN}
+                                     FROM period_rollups {where}""",
+    ) == [
+        f"customer {CID}, period 2026-11: rollup says noted (the notes' whole money, left out of the close's "
+        "rounding) 1000000000; the notes' entries posted the receivable 0"
+    ]
+    await verified(bk)
