@@ -153,8 +153,8 @@ async def get_webhook_endpoint(state: State, endpoint_id: FromPath[str]) -> Webh
 async def update_webhook_endpoint(
         state: State, request: Request, endpoint_id: FromPath[str],
         data: Annotated[dict[str, Any], json_body(UpdateWebhookEndpointRequest)]) -> Response[WebhookEndpointResponse]:
-    """Change the URL, topics, description or concurrency limit (new topics cancel what is pending
-    of the topics dropped); `"enabled": false` disables it (nothing is queued for it meanwhile),
+    """Change the URL, topics, description or concurrency limit (new topics replace the list, not
+    merged with it, and cancel what is pending of the topics dropped); `"enabled": false` disables it (nothing is queued for it meanwhile),
     `true` enables it again. A replay of its Idempotency-Key answers what it first answered."""
     body = shaped(data, UpdateWebhookEndpointRequest)
     given = {name: value for name in UpdateWebhookEndpointRequest.__struct_fields__
