@@ -154,8 +154,9 @@ async def update_webhook_endpoint(
         state: State, request: Request, endpoint_id: FromPath[str],
         data: Annotated[dict[str, Any], json_body(UpdateWebhookEndpointRequest)]) -> Response[WebhookEndpointResponse]:
     """Change the URL, topics, description or concurrency limit (new topics replace the list, not
-    merged with it, and cancel what is pending of the topics dropped); `"enabled": false` disables it (nothing is queued for it meanwhile),
-    `true` enables it again. A replay of its Idempotency-Key answers what it first answered."""
+    merged with it, and cancel what is pending of the topics dropped); `"enabled": false` disables
+    it (nothing is queued for it meanwhile), `true` enables it again. A replay of its
+    Idempotency-Key answers what it first answered."""
     body = shaped(data, UpdateWebhookEndpointRequest)
     given = {name: value for name in UpdateWebhookEndpointRequest.__struct_fields__
              if (value := getattr(body, name)) is not msgspec.UNSET}
