@@ -35,16 +35,22 @@ def zone(name: str) -> ZoneInfo:
 @lru_cache(maxsize=1)
 def _zone_names() -> frozenset[str]:
     """The IANA zones of the zone database (zoneinfo leaves out its right/ and posix/ copies and
-    posixrules), less `localtime`: a link to the host's own zone, which differs from host to host."""
-    return frozenset(available_timezones()) - {"localtime"}
+    posixrules), less `localtime`: a link to the host's own zone, which differs from host to host,
+    and `Factory`: tzdata's "no zone" (its local time is "-00", at UTC), the one name of the list
+    that is no place's time (Etc/GMT+5, EST, US/Eastern and the like are fixed or real zones)."""
+    return frozenset(available_timezones()) - {"localtime", "Factory"}
 
 
 def new_zone(name: str) -> ZoneInfo:
     """The time zone a new customer or budget may be given: an IANA zone. ZoneInfo also opens any
     file of the zone directory: `localtime` (each host's own zone, so two hosts' windows and
     periods differed) and the leap-second `right/` copies (December's midnight in
-    right/America/New_York fell at 04:00 UTC, not 05:00). Those already stored still load."""
+    right/America/New_York fell at 04:00 UTC, not 05:00); and the zone list's `Factory`, no place's
+    time. Those already stored still load (`zone`)."""
     found = zone(name)
+    if name == "Factory":
+        raise WalletValidationError("time_zone", "'Factory' is tzdata's \"no zone\" (local time -00), not a "
+                                    "place's time zone (such as Europe/Berlin)")
     if name not in _zone_names():
         raise WalletValidationError("time_zone", f"{name!r} is not an IANA time zone (such as Europe/Berlin)")
     return found

@@ -63,7 +63,8 @@ async def test_a_customer_cycle_is_set_at_creation_and_shapes_its_invoice(client
 
 
 @pytest.mark.parametrize("time_zone", ["Mars/Olympus", "localtime", "posixrules", "right/America/New_York",
-                                       "posix/Europe/Berlin", "America", "Etc"])  # a directory was a 500
+                                       "posix/Europe/Berlin", "America", "Etc",
+                                       "Factory"])  # a directory was a 500; Factory is tzdata's "no zone" ("-00")
 async def test_an_unknown_time_zone_is_a_validation_error(client, time_zone) -> None:
     # localtime is the host's own zone (periods would differ from host to host), right/ zones count
     # leap seconds (December's midnight in right/America/New_York fell at 04:00 UTC, not 05:00)

@@ -26,6 +26,8 @@ BAD_CREATES = [
     # leap-second copies (right/America/New_York put December's midnight at 04:00 UTC, not 05:00)
     ({"time_zone": "localtime"}, "time_zone"), ({"time_zone": "posixrules"}, "time_zone"),
     ({"time_zone": "right/America/New_York"}, "time_zone"), ({"time_zone": "posix/Europe/Berlin"}, "time_zone"),
+    # tzdata's "no zone": a zone of its list whose local time is "-00", at UTC, not a place's time
+    ({"time_zone": "Factory"}, "time_zone"),
     ({"thresholds": [50, 50]}, "thresholds"), ({"thresholds": [0]}, "thresholds[0]"),
     ({"thresholds": [1001]}, "thresholds[0]"), ({"window": "week"}, "window"),
     ({"window": "request", "metric": "requests", "limit": 3}, "metric"), ({"model": ""}, "model"),
