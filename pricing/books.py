@@ -43,7 +43,7 @@ from fnmatch import fnmatchcase
 from pricing.ambiguity import HOURS, ambiguity_errors, is_pattern
 from pricing.ambiguity import patterns_may_overlap as patterns_may_overlap  # used by overrides
 from pricing.errors import NOT_AN_INTEGER, PriceBookValidationError, UnpricedModelError, field_error, wire_time
-from pricing.money import DEFAULT_SCALE, to_decimal
+from pricing.money import DEFAULT_SCALE, amount_problem, to_decimal
 from pricing.rule_fields import PromptTier as PromptTier
 from pricing.rule_fields import checked_price, format_errors, in_hours, normalize_format_2, window_errors
 from pricing.units import KINDS, NOT_TOKENS, PER_UNITS, TOKEN_TYPES
@@ -329,8 +329,8 @@ def _plausibility_errors(version: PriceVersion) -> list[dict[str, str]]:
     if version.max_charge_per_request is not None:
         limit = checked_price(version.max_charge_per_request, "max_charge_per_request", errors)
         if limit is not None and (limit <= 0 or -limit.as_tuple().exponent > DEFAULT_SCALE):  # type: ignore[operator]
-            errors.append(field_error("max_charge_per_request",
-                                      f"must be positive, with at most {DEFAULT_SCALE} decimals"))
+            errors.append(field_error("max_charge_per_request", amount_problem(format(limit, "f"))
+                                      or f"must be positive, with at most {DEFAULT_SCALE} decimals"))
     if not _valid_context_window(version.context_window):
         errors.append(field_error("context_window", NOT_AN_INTEGER if isinstance(version.context_window, float)
                                   else f"must be an integer from 1 to {MAX_CONTEXT_WINDOW}"))

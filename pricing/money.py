@@ -153,6 +153,25 @@ def plain(value: str | None) -> str | None:
     return format(Decimal(value), "f")
 
 
+MOST = 10**9  # the most an amount taken in may be, in any currency (larger top-ups and holds are mistakes)
+FINER = f"more than the {DEFAULT_SCALE} an amount may have"  # the atomic unit's decimals, in every currency
+
+
+def amount_problem(value: str, *, positive: bool = True) -> str | None:
+    """What is wrong with a decimal string as an amount, in one set of words for every route and
+    book: below (or at) 0 ("must be more than 0, not -1.00"), past MOST, more decimals than the
+    atomic unit's (ending in FINER); None for an amount that is fine, or a string no decimal."""
+    form = _AMOUNT_RE.fullmatch(value)
+    if form is None:
+        return None
+    decimals, number = len(form.group(3) or ""), Decimal(value)
+    if number < 0 or (positive and number == 0):
+        return f"must be more than 0, not {value}" if positive else f"must be 0 or more, not {value}"
+    if number > MOST:
+        return f"{value} is more than {MOST}, the most an amount may be"
+    return f"{value} has {decimals} decimals, {FINER}" if decimals > DEFAULT_SCALE else None
+
+
 def _check_scale(scale: int) -> None:
     if isinstance(scale, bool) or not isinstance(scale, int) or not 0 <= scale <= MAX_SCALE:
         raise TypeError(f"scale must be an int in 0..{MAX_SCALE}")

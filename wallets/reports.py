@@ -180,6 +180,17 @@ async def _event_trace(conn: AsyncConnection, customer_id: str, event_id: str
             [_charge(c) for c in charges], await entries(conn, customer_id, [], entry_ids))
 
 
+async def currency_of(conn: AsyncConnection, customer_id: str | None = None, invoice_id: str | None = None,
+                      customers: Sequence[str] = ()) -> str | None:
+    """The currency of a customer, or of an invoice (None: none such, or, for a key limited to
+    `customers`, an invoice not one of theirs): what a refused cash amount's limit is told in."""
+    if invoice_id is not None:
+        row = (await conn.execute(text("SELECT customer_id, currency FROM invoices WHERE id = :id"),
+                                  {"id": invoice_id})).first()
+        return None if row is None or (customers and row.customer_id not in customers) else row.currency
+    return (await conn.execute(text("SELECT currency FROM customers WHERE id = :c"), {"c": customer_id})).scalar()
+
+
 async def ensure_book_visible(conn: AsyncConnection, book_id: str, customers: Sequence[str]) -> None:
     """A key limited to `customers` sees the price books they are priced with; any other book is
     answered as missing, exactly as a book that does not exist is."""

@@ -15,7 +15,7 @@ from api.errors import documented
 from api.routes.budgets import READERS, BudgetResponse, budget_response
 from api.routes.formats import Amount, DateTime, Identifier, PositiveAmount, free_text
 from api.routes.schemas import json_body
-from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped, time_in, time_out
+from api.routes.wire import Answer, amount_in, cash_in, cash_of, idempotency, money, respond, shaped, time_in, time_out
 from wallets import reports
 from wallets.commands import (
     GRANT_PRIORITY,
@@ -193,8 +193,8 @@ def _spec(data: CreateCustomerRequest) -> CustomerSpec:
     if data.overdraft_limit is msgspec.UNSET:
         limit = 0 if data.billing == "prepaid" else None
     else:
-        limit = None if data.overdraft_limit is None else amount_in(data.overdraft_limit, "overdraft_limit",
-                                                                    positive=False)
+        limit = None if data.overdraft_limit is None else cash_in(data.overdraft_limit, "overdraft_limit",
+                                                                  data.currency, positive=False)
     low = None if data.low_balance_threshold is None else amount_in(
         data.low_balance_threshold, "low_balance_threshold", positive=False)
     max_charge = None if data.max_charge_per_request is None else amount_in(
@@ -239,7 +239,8 @@ async def change_customer(state: State, request: Request, customer_id: FromPath[
     asked = {name: getattr(shaped_data, name) for name in changes.CHANGEABLE
              if getattr(shaped_data, name) is not msgspec.UNSET}
     if "overdraft_limit" in asked and asked["overdraft_limit"] is not None:
-        asked["overdraft_limit"] = amount_in(asked["overdraft_limit"], "overdraft_limit", positive=False)
+        asked["overdraft_limit"] = await cash_of(asked["overdraft_limit"], "overdraft_limit", state.services.db,
+                                                 positive=False, customer_id=customer_id)
     if not asked:
         raise WalletValidationError("body", f"give at least one of {', '.join(changes.CHANGEABLE)}")
     principal = principal_of(request)
@@ -308,7 +309,8 @@ async def top_up(state: State, request: Request, customer_id: FromPath[str],
     payment `reference` credited before is answered again (200, nothing posted; another amount:
     409 `idempotency_conflict`, as is one a refund of overpaid credit was paid out under)."""
     data = shaped(data, TopUpRequest)
-    command = TopUp(customer_id=customer_id, amount=amount_in(data.amount, "amount"), reference=data.reference,
+    amount = await cash_of(data.amount, "amount", state.services.db, customer_id=customer_id)
+    command = TopUp(customer_id=customer_id, amount=amount, reference=data.reference,
                     priority=data.priority, expires_at=time_in(data.expires_at, "expires_at"),
                     idem=idempotency(request, data))
     return respond(request, await state.services.wallets.submit(command), CREDITED)
@@ -321,7 +323,8 @@ async def grant(state: State, request: Request, customer_id: FromPath[str],
     """Promotional or contractual credit: a lot paid by the promotions expense (priority 50). An
     `amount` finer than the currency's minor unit is 422 `invalid_amount`."""
     data = shaped(data, GrantRequest)
-    command = Grant(customer_id=customer_id, amount=amount_in(data.amount, "amount"), priority=data.priority,
+    amount = await cash_of(data.amount, "amount", state.services.db, customer_id=customer_id)
+    command = Grant(customer_id=customer_id, amount=amount, priority=data.priority,
                     expires_at=time_in(data.expires_at, "expires_at"), reason=data.reason,
                     idem=idempotency(request, data))
     return respond(request, await state.services.wallets.submit(command), CREDITED)
@@ -353,7 +356,8 @@ async def reverse_grant(state: State, request: Request, customer_id: FromPath[st
     `reference` refunded before is answered again (200, nothing posted; another lot or amount:
     409 `idempotency_conflict`, as is one a refund of overpaid credit was paid out under)."""
     data = shaped(data, ReverseGrantRequest)
-    amount = amount_in(data.amount, "amount") if data.amount is not None else None
+    amount = None if data.amount is None else await cash_of(data.amount, "amount", state.services.db,
+                                                            customer_id=customer_id)
     command = ReverseGrant(customer_id=customer_id, lot_id=grant_id, amount=amount, reason=data.reason,
                            reference=data.reference, idem=idempotency(request, data))
     return respond(request, await state.services.wallets.submit(command), REVERSED)

@@ -13,12 +13,12 @@ from litestar.params import FromPath
 from litestar.response import Template
 
 from api import renderings
-from api.auth import ensure_owner, require
+from api.auth import ensure_owner, principal_of, require
 from api.errors import documented
 from api.routes import cursors
 from api.routes.formats import DateTime, Identifier, PositiveAmount, free_text
 from api.routes.schemas import json_body
-from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped, time_in
+from api.routes.wire import Answer, cash_in, cash_of, idempotency, money, respond, shaped, time_in
 from wallets import billing
 from wallets.commands import PayInvoice
 from wallets.core.payments import check_reference
@@ -226,7 +226,9 @@ async def pay_invoice(state: State, request: Request, invoice_id: FromPath[str],
     due is `overpayment`, another currency `currency_mismatch`, a fraction of the currency's minor
     unit ("4.5" yen) `invalid_amount`; paid in full, `invoice.paid` goes to the outbox."""
     data = shaped(data, PayInvoiceRequest)
-    amount = amount_in(data.amount, "amount")  # the body as sent before the invoice it names (422 before 404)
+    # the body as sent before the invoice it names (422 before 404); past 9 decimals, told in its currency
+    amount = cash_in(data.amount, "amount", data.currency) if data.currency else await cash_of(
+        data.amount, "amount", state.services.db, invoice_id=invoice_id, customers=principal_of(request).customers)
     check_reference(data.reference)  # tokentill's own references (topup:, rerate:, ...), as the payment checks
     db = state.services.db
     customer_id = await db.read(lambda conn: billing.invoice_owner(conn, invoice_id))

@@ -14,7 +14,7 @@ from api.errors import documented
 from api.routes.customers import WalletResponse, wallet_response
 from api.routes.formats import PositiveAmount, free_text
 from api.routes.schemas import json_body
-from api.routes.wire import Answer, amount_in, idempotency, money, respond, shaped
+from api.routes.wire import Answer, cash_of, idempotency, money, respond, shaped
 from wallets.commands import RefundCredit, RefundResult
 
 
@@ -71,7 +71,8 @@ async def refund_credit(state: State, request: Request, customer_id: FromPath[st
     422 `currency_mismatch`; an `amount` finer than the currency's minor unit 422 `invalid_amount`;
     a `reference` a top-up's refund was paid out under 409 `idempotency_conflict` naming it."""
     data = shaped(data, RefundCreditRequest)
-    command = RefundCredit(customer_id=customer_id, amount=amount_in(data.amount, "amount"),
+    amount = await cash_of(data.amount, "amount", state.services.db, customer_id=customer_id)
+    command = RefundCredit(customer_id=customer_id, amount=amount,
                            reference=data.reference, currency=data.currency, reason=data.reason,
                            idem=idempotency(request, data))
     return respond(request, await state.services.wallets.submit(command), REFUNDED)

@@ -40,14 +40,14 @@ from api.routes.formats import (
 from ledger.db import Database
 from ledger.model import CANONICAL_JSON
 from pricing.errors import InvalidAmountError
-from pricing.money import format_money, parse_amount
+from pricing.money import CURRENCY_MINOR_UNITS, FINER, amount_problem, format_money, minor_unit_text, parse_amount
 from pricing.parse import parse_time, rounded_up, uppercase_z
 from pricing.usage import NOT_A_DIMENSION_VALUE, NOT_AN_INTEGER
-from wallets import store
+from wallets import reports, store
 from wallets.chart import ASSET_SCALE
 from wallets.core.idempotency import OK, IdemKey, Replayed, check_key, http_scope
 from wallets.core.state import wire_time
-from wallets.errors import TextRuleError, WalletValidationError
+from wallets.errors import SubMinorAmountError, TextRuleError, WalletValidationError
 
 SCALE = ASSET_SCALE
 MAX_AMOUNT = 10**18  # 1e9 currency units: larger top-ups and holds are mistakes
@@ -66,7 +66,7 @@ def amount_in(value: str, field: str, *, positive: bool = True) -> int:
     if not isinstance(value, str):
         raise WalletValidationError(field, "money is a decimal string, such as \"10.00\"")
     if not matches(POSITIVE_AMOUNT if positive else AMOUNT, value):
-        raise WalletValidationError(field, _amount_problem(value, positive))
+        raise WalletValidationError(field, _amount_problem(value, field, positive))
     try:
         units = parse_amount(value, SCALE)
     except (InvalidAmountError, TypeError) as exc:
@@ -77,23 +77,47 @@ def amount_in(value: str, field: str, *, positive: bool = True) -> int:
     return units
 
 
-_DECIMAL = re.compile(r"-?[0-9]+(?:\.([0-9]+))?")
+def _amount_problem(value: str, field: str, positive: bool) -> str:
+    """What is wrong with a money string the amount pattern refused (pricing.money.amount_problem:
+    below or at 0, past 1000000000, more than 9 decimals); else (not a decimal) what an amount
+    looks like. More than 9 decimals is a _FinerThanAtomic, which cash_in may tell in its currency."""
+    said = amount_problem(value, positive=positive)
+    if said is not None and said.endswith(FINER):
+        raise _FinerThanAtomic(field, said)
+    return said or ("must be more than 0: " if positive else "must be 0 or more: ") + AMOUNT_TEXT
 
 
-def _amount_problem(value: str, positive: bool) -> str:
-    """What is wrong with a money string the amount pattern refused: below (or at) 0, past
-    1000000000, more than 9 decimals; else (not a decimal) what an amount looks like."""
-    form = _DECIMAL.fullmatch(value)
-    if form is not None:
-        decimals = len(form.group(1) or "")
-        number = Decimal(value)
-        if number < 0 or (positive and number == 0):
-            return f"must be more than 0, not {value}" if positive else f"must be 0 or more, not {value}"
-        if number > MAX_AMOUNT // 10**SCALE:
-            return f"{value} is more than 1000000000, the most an amount may be"
-        if decimals > SCALE:
-            return f"{value} has {decimals} decimals, more than the {SCALE} an amount may have"
-    return ("must be more than 0: " if positive else "must be 0 or more: ") + AMOUNT_TEXT
+class _FinerThanAtomic(WalletValidationError):
+    """An amount of more decimals than the atomic unit's 9 (in every currency): `cash_in` tells it
+    the currency's own limit where it knows the currency."""
+
+
+def cash_in(value: str, field: str, currency: str | None, *, positive: bool = True) -> int:
+    """amount_in for cash (a top-up, grant, refund, invoice payment, overdraft limit), whose limit
+    is its currency's minor unit: an amount past the 9 decimals of the atomic unit that holds a
+    fraction of that unit is refused as one of 3 decimals is, 422 `invalid_amount` naming the
+    currency ("JPY amounts have no decimals: 1.0000000001"), not the 9 that only prices may reach.
+    Without a currency (or one the ISO table does not list, a credit, whose limit is the 9), and for
+    extra decimals all 0 ("10.0000000000" yen), amount_in's refusal stands."""
+    try:
+        return amount_in(value, field, positive=positive)
+    except _FinerThanAtomic:
+        decimals = CURRENCY_MINOR_UNITS.get(currency or "")
+        if currency is not None and decimals is not None and Decimal(value) != round(Decimal(value), decimals):
+            raise SubMinorAmountError(field, f"{minor_unit_text(currency)}: {value}", currency=currency,
+                                      decimals=decimals) from None
+        raise
+
+
+async def cash_of(value: str, field: str, db: Database, *, positive: bool = True, **whose: Any) -> int:
+    """cash_in where the currency must be read (`whose`: a customer_id's, an invoice_id's, as
+    wallets.reports.currency_of takes them): read only for an amount past the atomic unit's 9
+    decimals."""
+    try:
+        return amount_in(value, field, positive=positive)
+    except _FinerThanAtomic:
+        return cash_in(value, field, await db.read(lambda conn: reports.currency_of(conn, **whose)),
+                       positive=positive)
 
 
 def time_param(name: str) -> QueryParameter:

@@ -173,7 +173,9 @@ async def test_a_top_up_finer_than_two_decimals_in_an_asset_outside_the_table_is
 async def test_a_threshold_finer_than_the_atomic_unit_is_refused_as_any_amount_is(client) -> None:
     """A threshold keeps fractions of the minor unit (above: "10.5" yen; $0.001 is 1,000,000
     atomic units of 10^-9), but one finer than the atomic unit cannot be held: 422
-    validation_error naming the field, as a top-up of the same figure is, and no customer made."""
+    validation_error naming the field, and no customer made. A top-up of the same figure is cash,
+    told its currency's limit as 0.001 dollars is: 422 invalid_amount "USD amounts have 2 decimals"
+    (it was validation_error, the 9 decimals only amounts that are not cash are told)."""
     tiny = "0.0000000001"  # 10^-10: a tenth of the atomic unit
     refused = await client.post("/v1/customers", headers=ADMIN, json={
         "id": "cash-tiny-low", "currency": "USD", "price_book": "book-USD", "low_balance_threshold": tiny})
@@ -182,6 +184,7 @@ async def test_a_threshold_finer_than_the_atomic_unit_is_refused_as_any_amount_i
     assert (await client.get("/v1/customers/cash-tiny-low", headers=ADMIN)).status_code == 404
     cid = await _customer(client, "cash-tiny-top", "USD", low_balance_threshold="0.001")
     topup = await client.post(f"/v1/customers/{cid}/topups", headers=ADMIN, json={"amount": tiny, "reference": "t"})
-    assert topup.status_code == 422 and topup.json()["code"] == refused.json()["code"], topup.text
+    assert topup.status_code == 422 and topup.json()["code"] == "invalid_amount", topup.text
+    assert topup.json()["detail"] == f"amount: USD amounts have 2 decimals: {tiny}", topup.text
     shown = (await client.get(f"/v1/customers/{cid}", headers=ADMIN)).json()["low_balance_threshold"]
     assert shown == "0.001", shown
