@@ -163,6 +163,17 @@ def _database_url(raw: str) -> str | None:
     return raw
 
 
+def _pgconnect_timeout(env: Mapping[str, str], database_url: str | None) -> None:
+    """PGCONNECT_TIMEOUT, which psycopg reads (as libpq does) where the URL gives no connect_timeout,
+    the embedded cluster's connections too: a bad one was psycopg's traceback as a command connected."""
+    if database_url is not None and "connect_timeout" in conninfo_to_dict(database_url):
+        return  # the URL's wins: PGCONNECT_TIMEOUT is not read
+    try:
+        timeout_from_conninfo({"connect_timeout": env.get("PGCONNECT_TIMEOUT", 0)})
+    except ProgrammingError as exc:
+        raise SystemExit(f"PGCONNECT_TIMEOUT: {exc} (a number of seconds)") from None
+
+
 # Server processes of one `serve`: each is an interpreter with its own pool, so past this many a
 # typo (`--workers 100000`) forks until the machine dies rather than serving faster. No real host
 # has this many cores (a 96- or 192-core one is served); 64 refused a 96-core host's setting.
@@ -231,6 +242,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         database_url = _database_url(env.get("TOKENTILL_DATABASE_URL", ""))
+        _pgconnect_timeout(env, database_url)
         return cls(
             database_url=database_url,
             data_dir=_data_dir(env.get("TOKENTILL_DATA_DIR", ""), embedded=database_url is None),

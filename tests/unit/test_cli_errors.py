@@ -289,3 +289,28 @@ def test_a_bad_value_of_a_libpq_parameter_in_the_database_url_stops_the_command_
     message = stopped.value.code
     assert isinstance(message, str) and message.startswith(said) and "\n" not in message, message
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("url", ["postgresql://postgres@127.0.0.1:1/nowhere", None])
+def test_a_bad_pgconnect_timeout_in_the_environment_stops_the_command_naming_it(url, monkeypatch, tmp_path):
+    """README: a value libpq or psycopg refuses stops the command in one line naming the variable.
+    psycopg reads connect_timeout from PGCONNECT_TIMEOUT where the URL has none (libpq's own
+    environment variable), so PGCONNECT_TIMEOUT=abc, with a URL or with the embedded cluster, still
+    ended in psycopg's ProgrammingError traceback (bad value for connect_timeout: 'abc'), exit 1."""
+    if url is None:
+        monkeypatch.delenv("TOKENTILL_DATABASE_URL", raising=False)
+        monkeypatch.setenv("TOKENTILL_DATA_DIR", str(tmp_path / "data"))
+    else:
+        monkeypatch.setenv("TOKENTILL_DATABASE_URL", url)
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "abc")
+    with pytest.raises(SystemExit) as stopped:
+        main(["keys", "list"])
+    assert stopped.value.code == "PGCONNECT_TIMEOUT: bad value for connect_timeout: 'abc' (a number of seconds)"
+
+
+def test_a_url_s_connect_timeout_wins_over_a_bad_pgconnect_timeout(monkeypatch):
+    """Guard: the URL's ?connect_timeout=5 is the one psycopg and libpq use, PGCONNECT_TIMEOUT=abc
+    unread: not refused, the command goes on to connect (port 1: nothing there, exit 3)."""
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=5")
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "abc")
+    assert main(["keys", "list"]) == DATABASE_UNREACHABLE
