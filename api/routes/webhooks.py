@@ -264,7 +264,7 @@ async def redrive_webhooks(
     since, until = bound_in(body.since, "since"), bound_in(body.until, "until")  # finer than 1 us: the next
     if (body.event_id is None) == (since is None):
         raise WalletValidationError("body", "give either event_id or since")
-    if body.event_id is not None and (until is not None or body.failed_only):
+    if body.event_id is not None and (until is not None or "failed_only" in data):  # false too: a window's field
         raise WalletValidationError("until" if until is not None else "failed_only", "goes with since, not event_id")
     if ends_before(body.until, body.since, "until", "since"):  # to the 9th digit sent
         raise WalletValidationError("until", "must not be before since")

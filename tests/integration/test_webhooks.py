@@ -334,6 +334,7 @@ async def test_bad_endpoints_are_refused_naming_the_field(client, body, field):
     ({"since": "2026-02-01T00:00:00Z", "until": "2026-01-01T00:00:00Z"}, "until"),
     ({"event_id": "evt_x", "until": "2026-01-01T00:00:00Z"}, "until"),
     ({"event_id": "evt_x", "failed_only": True}, "failed_only"),
+    ({"event_id": "evt_x", "failed_only": False}, "failed_only"),  # was 202, 1 scheduled: only true was refused
 ])
 async def test_a_redrive_with_a_window_that_cannot_be_meant_is_refused_naming_the_field(client, body, field):
     endpoint = await _endpoint(client, "https://hooks.example.com/redrive", ["balance.low"])
