@@ -607,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         if reason is None:
             raise
         if bad := LIBPQ_BAD_VALUE.search(reason):  # a setting, not a database down: exit 1, naming it
-            raise SystemExit(f"TOKENTILL_DATABASE_URL: {bad.group()}") from None
+            raise SystemExit(f"{_set_by(bad.group())}: {bad.group()}") from None
         print(f"error: cannot reach the database: {reason}", file=sys.stderr)
         return DATABASE_UNREACHABLE
 
@@ -620,6 +620,24 @@ CONNECT_FAILURES = ("connection failed", "failed to resolve host", "connection i
 # `invalid sslmode value: "bogus"`; `?keepalives=x`: `invalid integer value "x" for connection option
 # "keepalives"`): a bad setting, which was `cannot reach the database`, exit 3, naming no variable.
 LIBPQ_BAD_VALUE = re.compile(r'invalid [\w ]*value:? "[^"]*"(?: for connection option "\w+")?')
+
+
+def _set_by(refused: str) -> str:
+    """The variable that set the value libpq `refused`: TOKENTILL_DATABASE_URL, or libpq's own
+    environment variable (PGSSLMODE) where the URL does not give that parameter."""
+    import os
+
+    from psycopg import pq
+    from psycopg.conninfo import conninfo_to_dict
+
+    named = re.search(r'connection option "(\w+)"|invalid (\w+) value', refused)
+    keyword = (named.group(1) or named.group(2)) if named else ""
+    url = os.environ.get("TOKENTILL_DATABASE_URL", "")
+    if keyword not in (conninfo_to_dict(url) if url else {}):
+        for option in pq.Conninfo.get_defaults():
+            if option.keyword.decode() == keyword and option.envvar and option.envvar.decode() in os.environ:
+                return option.envvar.decode()
+    return "TOKENTILL_DATABASE_URL"
 
 
 def _unreachable(exc: BaseException) -> str | None:

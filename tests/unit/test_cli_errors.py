@@ -314,3 +314,28 @@ def test_a_url_s_connect_timeout_wins_over_a_bad_pgconnect_timeout(monkeypatch):
     monkeypatch.setenv("TOKENTILL_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=5")
     monkeypatch.setenv("PGCONNECT_TIMEOUT", "abc")
     assert main(["keys", "list"]) == DATABASE_UNREACHABLE
+
+
+@pytest.mark.parametrize("variable, value, said", [
+    ("PGSSLMODE", "bogus", 'PGSSLMODE: invalid sslmode value: "bogus"'),
+    ("PGTARGETSESSIONATTRS", "x", 'PGTARGETSESSIONATTRS: invalid target_session_attrs value: "x"'),
+])
+def test_a_bad_libpq_value_from_the_environment_names_its_variable_not_the_url(variable, value, said, monkeypatch):
+    """A value libpq refuses as it connects stops the command naming the variable that set it
+    (d937a81c). Set by libpq's own environment variable, the URL not giving it, it was blamed on
+    the URL: PGSSLMODE=bogus said `TOKENTILL_DATABASE_URL: invalid sslmode value: "bogus"`."""
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere")
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as stopped:
+        main(["keys", "list"])
+    assert stopped.value.code == said
+
+
+def test_a_bad_libpq_value_in_the_url_is_the_url_s_even_beside_its_environment_variable(monkeypatch):
+    """Guard: the URL's ?sslmode=bogus wins over PGSSLMODE=disable (libpq reads the URL's), so the
+    URL is named."""
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", "postgresql://postgres@127.0.0.1:1/nowhere?sslmode=bogus")
+    monkeypatch.setenv("PGSSLMODE", "disable")
+    with pytest.raises(SystemExit) as stopped:
+        main(["keys", "list"])
+    assert stopped.value.code == 'TOKENTILL_DATABASE_URL: invalid sslmode value: "bogus"'
