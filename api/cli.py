@@ -366,6 +366,7 @@ def _spool_flush(args: argparse.Namespace, _: Settings) -> int:
 
     from api.bearer import key_problem
     from api.client import SpoolServersError, base_url_problem, flush_spool_dir
+    from api.spool import ENV_DIR, SUFFIX, spool_dir
 
     key = args.key or os.environ.get("TOKENTILL_API_KEY", "")
     # one a header cannot carry (é, a newline) was httpx's traceback, or every record kept
@@ -379,9 +380,26 @@ def _spool_flush(args: argparse.Namespace, _: Settings) -> int:
         if given and (problem := base_url_problem(given, flag)) is not None:  # was the client's ValueError traceback
             print(f"error: {problem}", file=sys.stderr)
             return 2
+    # a file, or a directory that is not there, was an empty spool: nothing printed, exit 0
+    directory = spool_dir(args.dir)
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        if args.dir is not None or os.environ.get(ENV_DIR):  # not the default, never made until a spool is
+            print(f"error: {'--dir' if args.dir is not None else ENV_DIR}: {directory}: no such directory",
+                  file=sys.stderr)
+            return 2
+        names = []
+    except OSError as exc:
+        print(f"error: {'--dir' if args.dir is not None else ENV_DIR}: {directory}: "
+              f"{exc.strerror or type(exc).__name__}", file=sys.stderr)
+        return 2
+    if not any(name.endswith(SUFFIX) for name in names):
+        print(f"nothing to flush in {directory}")
+        return 0
     left = 0
     try:  # the key goes to the server it is given for only
-        flushed = flush_spool_dir(args.dir, key, url=args.url, server=args.server)
+        flushed = flush_spool_dir(directory, key, url=args.url, server=args.server)
     except SpoolServersError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

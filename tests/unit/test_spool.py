@@ -1017,3 +1017,47 @@ def test_a_spool_flush_to_a_url_no_path_can_follow_is_a_usage_error_and_sends_no
     [(_, report)] = api.client.flush_spool_dir(tmp_path / "old", "k")
     assert (report.kept, sent) == (1, []) and "base_url must be an http(s) URL" in report.problems[0]
     assert [r.reservation_id for r in old.records()] == ["res_b"]
+
+
+def test_a_spool_flush_of_a_file_or_a_missing_directory_is_an_error_naming_where_it_was_given(
+        tmp_path, monkeypatch, capsys):
+    """`tokentill spool flush --dir /etc/passwd` (a file), `--dir` or TOKENTILL_SPOOL_DIR naming a
+    directory that does not exist: each printed nothing and exited 0, as an empty spool does, so a
+    mistyped path read as a flush that delivered everything. Now a usage error naming the flag or
+    the variable and the path, exit 2 (as a bad --url or TOKENTILL_API_KEY), nothing sent."""
+    import api.cli
+
+    a_file = tmp_path / "passwd"
+    a_file.write_text("root:x:0:0::/root:/bin/sh\n")
+    missing = tmp_path / "no-such-dir"
+    for given, env, named in ((["--dir", str(a_file)], None, "--dir"),
+                              (["--dir", str(missing)], None, "--dir"),
+                              ([], str(a_file), "TOKENTILL_SPOOL_DIR"),
+                              ([], str(missing), "TOKENTILL_SPOOL_DIR")):
+        if env is None:
+            monkeypatch.delenv("TOKENTILL_SPOOL_DIR", raising=False)
+        else:
+            monkeypatch.setenv("TOKENTILL_SPOOL_DIR", env)
+        code = api.cli.main(["spool", "flush", "--key", "k", *given])
+        out, err = capsys.readouterr()
+        path = a_file if a_file.name in (env or given[-1]) else missing
+        assert (code, out) == (2, ""), (given, env, code, out)
+        assert err.startswith(f"error: {named}: {path}: ") and err.count("\n") == 1, (given, env, err)
+    assert not missing.exists()
+
+
+def test_a_spool_flush_of_an_empty_or_never_made_spool_says_there_is_nothing_to_flush(tmp_path, monkeypatch, capsys):
+    """An empty spool directory, and the default one before anything was ever spooled, printed
+    nothing at all, exit 0. Now `nothing to flush in DIR`, exit 0."""
+    import api.cli
+
+    monkeypatch.setenv("TOKENTILL_SPOOL_DIR", str(tmp_path))
+    assert api.cli.main(["spool", "flush", "--key", "k"]) == 0
+    assert capsys.readouterr().out == f"nothing to flush in {tmp_path}\n"
+    monkeypatch.delenv("TOKENTILL_SPOOL_DIR")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    default = Path(platformdirs.user_data_dir("tokentill")) / "spool"
+    assert not default.exists()
+    assert api.cli.main(["spool", "flush", "--key", "k"]) == 0
+    assert capsys.readouterr().out == f"nothing to flush in {default}\n"
+    assert not default.exists()
