@@ -8,12 +8,16 @@ $0.001 a call."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 import time
 import uuid
 from decimal import Decimal
+from typing import Any
 
 import anthropic
+import httpx
 import openai
 import psycopg
 import pytest
@@ -37,7 +41,7 @@ from tests.api.test_gateway import (  # noqa: F401 (fixtures)
     tool_book,
     wallet,
 )
-from tests.api.test_gateway_edges import upstream  # noqa: F401 (a fixture)
+from tests.api.test_gateway_edges import WHOLE, body, model, post_and_leave, start, upstream  # noqa: F401 (upstream: a fixture)
 from tests.api.test_gateway_retries import counted, held_upstream, reserve_faults, scripted  # noqa: F401 (scripted: a fixture)
 
 HOLD = (9 * Decimal("12.5") + 1000 * OUT) / M + CALL  # the hold of HI: 9 prompt tokens at the write price, 1,000 out
@@ -279,3 +283,55 @@ def test_a_call_under_an_id_another_call_here_holds_is_409_however_its_reserve_g
     assert sum(call["model"] == name for call in upstream.fake.calls) == 1
     assert charged(url, rid) == CHAT_CHARGE and _reservations(url, rid) == 1
     assert wallet(url, cid) == (Decimal("9.99"), 0)
+
+
+@pytest.mark.parametrize("ending", ["upstream_error", "cut_before_its_body", "caller_gone"])
+def test_a_call_ended_by_a_fault_no_longer_holds_its_id_here(scripted, upstream, monkeypatch, ending):  # noqa: F811
+    """Guard (review of bd1b1ccb): Gateway.holding counts a call under the caller's own id from its
+    reserve's answer to its end, whatever ends it: an upstream 500, an answer cut before its body,
+    the caller hanging up while the upstream is still at it (its exchange cancelled). Once that call
+    A has ended (its hold released, nothing reserved), call B under the same id whose 3 reserve asks
+    go unanswered is the 503 of an id no call here holds (service_unavailable, x-should-retry false
+    under the caller's id, charged 0, never sent upstream); a count left behind would make it 409
+    idempotency_conflict "another call under it holds and goes on", with no call going on."""
+    url, _ = scripted
+    cid, key = customer(scripted)
+    failed = json.dumps({"error": {"message": "boom", "type": "server_error"}}).encode()
+    arrived, release = threading.Event(), threading.Event()
+
+    async def ends(send: Any, receive: Any) -> None:
+        arrived.set()
+        if ending == "upstream_error":
+            await start(send, b"application/json", len(failed), status=500)
+            await body(send, failed, more=False)
+        elif ending == "cut_before_its_body":
+            await start(send, b"application/json", len(WHOLE))
+            raise ConnectionAbortedError("the upstream drops the answer before its body")
+        else:
+            await asyncio.to_thread(release.wait, 30)
+            await start(send, b"application/json", len(WHOLE))
+            await body(send, WHOLE, more=False)
+
+    name = model(upstream, ends)
+    payload = {"model": name, "messages": HI, "max_tokens": 50}
+    headers = {"Authorization": f"Bearer {key}"}
+    try:
+        if ending == "caller_gone":
+            rid = post_and_leave(url, key, payload, arrived.is_set)
+        else:
+            rid = f"gw-ended-{uuid.uuid4().hex[:8]}"
+            first = httpx.post(f"{url}/openai/v1/chat/completions", json=payload, timeout=30,
+                               headers={**headers, "x-tokentill-request-id": rid})
+            assert first.status_code in (500, 502), first.text
+    finally:
+        release.set()
+    assert wallet(url, cid)[1] == 0  # A's hold released: A has ended
+    time.sleep(0.5)  # A's exchange leaves its finally after its release
+    tries = reserve_faults(monkeypatch, lambda c: c.request_id == rid, ["down", "down", "down"])
+    second = httpx.post(f"{url}/openai/v1/chat/completions", json=payload, timeout=30,
+                        headers={**headers, "x-tokentill-request-id": rid})
+    assert tries[:3] == ["down", "down", "down"], tries
+    assert second.status_code == 503, second.text
+    assert second.json()["error"]["code"] == "service_unavailable"
+    assert second.headers["x-should-retry"] == "false" and second.headers["x-tokentill-charged"] == "0"
+    assert sum(call["model"] == name for call in upstream.fake.calls) == 1

@@ -29,7 +29,15 @@ from tests.api.test_gateway import (  # noqa: F401 (fixtures)
     serving,
     wallet,
 )
-from tests.api.test_gateway_edges import WHOLE, body, model, start, upstream  # noqa: F401 (upstream: a fixture)
+from tests.api.test_gateway_edges import (  # noqa: F401 (upstream: a fixture)
+    WEB_SEARCH,
+    WHOLE,
+    _searching,
+    body,
+    model,
+    start,
+    upstream,
+)
 from wallets.commands import Reserve
 from wallets.engine import Engine
 
@@ -383,3 +391,53 @@ def test_a_request_id_sent_twice_at_once_whose_second_reserve_went_unanswered_is
     assert sum(call["model"] == name for call in upstream.fake.calls) == 1
     assert charged(url, rid) == CHAT_CHARGE == Decimal("0.0100")
     assert wallet(url, cid) == (Decimal("9.99"), 0)
+
+
+
+@pytest.mark.parametrize("sdk", ["openai", "anthropic"])
+@pytest.mark.parametrize(("case", "status", "code"), [("too_big", 400, "validation_error"),
+                                                      ("unfunded", 402, "insufficient_funds"),
+                                                      ("bad_request_id", 422, "validation_error")])
+def test_the_gateways_own_refusals_reach_the_official_clients_with_their_code_sent_once(
+        live, upstream, sdk, case, status, code):  # noqa: F811
+    """Guard (review of bb94b98d): the gateway's refusals before any hold, as each official client
+    (its default 2 retries) raises them: the status's own error, the body's `code` and message,
+    charged 0, one request (neither client retries a 400, 402 or 422; their 409, 429 and 503 are
+    the tests above and test_gateway_lost_reserves). "too_big": bb94b98d's one use more than fits
+    (a search 10.00 USD and its 10,000 result tokens: 913,205,153 x 10.10 = 9,223,372,045.30 USD on a
+    messages call, 910,950,325 x 10.125 = 9,223,372,040.625 on a responses call, past the
+    9,223,372,036.854775807 one journal entry carries), named by the tools' field; "unfunded": a
+    customer of 0.00 USD; "bad_request_id": an x-tokentill-request-id with a tab."""
+    url, _, key, name = _searching(live, upstream)
+    if case == "unfunded":
+        _, key = customer(live, None)
+    headers = {"x-tokentill-request-id": "a\tb"} if case == "bad_request_id" else {}
+    sent, http = counted(openai if sdk == "openai" else anthropic)
+    module: Any = openai if sdk == "openai" else anthropic
+    with pytest.raises(module.APIStatusError) as raised:
+        if sdk == "openai":
+            openai.OpenAI(base_url=f"{url}/openai/v1", api_key=key, http_client=http).responses.create(
+                model=name if case == "too_big" else "gpt-test", input="hi", max_output_tokens=10,
+                **({"tools": [{"type": "web_search"}], "max_tool_calls": 910_950_325} if case == "too_big" else {}),
+                extra_headers=headers)
+        else:
+            anthropic.Anthropic(base_url=f"{url}/anthropic", api_key=key, http_client=http).messages.create(
+                model=name if case == "too_big" else "claude-test", max_tokens=10, messages=HI,
+                **({"tools": [{**WEB_SEARCH, "max_uses": 913_205_153}]} if case == "too_big" else {}),
+                extra_headers=headers)
+    error = raised.value
+    told = error.body if sdk == "openai" else error.body["error"]  # openai's body is the error object
+    assert (error.status_code, told["code"], len(sent)) == (status, code, 1), (told, sent)
+    assert error.response.headers["x-tokentill-charged"] == "0"
+    assert told["message"] and told["message"] in error.message
+    if sdk == "openai":
+        assert error.code == code
+    if case == "too_big":
+        start = ("max_tool_calls: its tools held for max_tool_calls 910950325: 910950325 web_search at 10.00 USD "
+                 "each: tool fees of 9109503250.00 USD and 9109503250000 input tokens of their results "
+                 "(113868790.625 USD)" if sdk == "openai" else
+                 "tools: its server tools held for their max_uses: 913205153 web_search at 10.00 USD each: tool "
+                 "fees of 9132051530.00 USD and 9132051530000 input tokens of their results (91320515.30 USD)")
+        assert told["message"].startswith(start), told
+        assert sdk == "anthropic" or error.param == "max_tool_calls"
+    assert all(call["model"] != name for call in upstream.fake.calls)
