@@ -6,6 +6,7 @@ Both clients share them; the client does the sending (`_call`, `_deliver`, `_set
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import math
@@ -453,6 +454,17 @@ def given_key(key: str | None) -> str | None:
     return key
 
 
+def final_settle_key(reservation_id: str, body: Mapping[str, Any]) -> str:
+    """An explicit final settle's own key: `{id}:settle:` and a digest of its body (its JSON, keys
+    sorted). The same settle sent again (a retry, a re-run after a crash) is under the same key,
+    answered its first answer; another settle of the reservation (other usage) is another request,
+    which the server refuses as it refuses any second final settle, 409 `reservation_closed`. Under
+    `{id}:settle:0`, a block's exit's key, it was `idempotency_conflict`, and a settle inside a
+    block made the exit's own settle conflict."""
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return f"{reservation_id}:settle:{digest[:32]}"
+
+
 def settle_call(reservation_id: str, final: bool, key: str | None,
                 usage: Mapping[str, Any]) -> tuple[str, dict[str, Any], str, str]:
     """An explicit settle: (path, body, idempotency key, reservation id). A capture's key, made
@@ -465,9 +477,9 @@ def settle_call(reservation_id: str, final: bool, key: str | None,
         if not final and len(key) > MAX_CAPTURE_ID_CHARS:
             raise ValueError(f"key=...: a capture's key is its capture_id, which the server takes up to "
                              f"{MAX_CAPTURE_ID_CHARS} characters, not {len(key)}")
-    key = key or (f"{reservation_id}:settle:0" if final else f"{reservation_id}:capture:{uuid.uuid4().hex}")
-    body = {**{name: plain_usage(value) for name, value in usage.items()}, "final": final,
-            **({} if final else {"capture_id": key})}
+    body: dict[str, Any] = {**{name: plain_usage(value) for name, value in usage.items()}, "final": final}
+    key = key or (final_settle_key(reservation_id, body) if final else f"{reservation_id}:capture:{uuid.uuid4().hex}")
+    body.update({} if final else {"capture_id": key})
     for name in usage:  # a foreground settle too: its sender cannot encode it, the server could not read it
         json_numbers("settle", name, body[name])
     return f"/v1/reservations/{reservation_id}/settle", body, key, reservation_id

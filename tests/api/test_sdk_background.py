@@ -5,6 +5,7 @@ drained still leave each lifecycle charged exactly once."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from decimal import Decimal
 
@@ -14,7 +15,6 @@ import pytest
 
 from api.background import BackgroundSettler
 from api.client import AsyncClient, Client
-from api.client_errors import IdempotencyConflict
 from api.spool import Spool
 from tests.api.apps import wait_ready
 from tests.api.test_sdk_durability import (
@@ -337,29 +337,31 @@ async def test_a_settle_under_a_key_the_server_refuses_is_refused_at_the_call_no
     assert not list(spool_dir.glob("*.rejected"))
 
 
-async def test_a_second_settle_queued_under_a_key_still_waiting_is_refused_not_sent_in_the_first_ones_place(
+async def test_a_second_final_settle_queued_while_the_first_waits_is_sent_and_refused_reservation_closed(
         live, spool_dir):
-    """Two background final settles of one reservation under its one key (the SDK's own,
-    `{id}:settle:0`): the second took the first's place in the queue, and the first was struck off the
-    spool with it, unsent, no refusal filed or logged: 2,000 output tokens x $20/M = $0.04, + $0.01 a
-    call = $0.05 charged, where a sync client charges the first, 1,000 x $20/M + $0.01 = $0.03, and
-    refuses the second (idempotency_conflict). Now the second is refused so at the call; the first is
-    charged: 10.00 - 0.03 = 9.97 available, the hold's 0.07 back."""
+    """Two background final settles of one reservation, other usage each, without `key=`. Under one
+    key (the SDK's own, `{id}:settle:0`) the second took the first's place in the queue, and the first
+    was struck off the spool with it, unsent: 2,000 output tokens x $20/M = $0.04, + $0.01 a call =
+    $0.05 charged where the first's 1,000 x $20/M + $0.01 = $0.03 was due; then (a guard now) the
+    second was refused at the call, idempotency_conflict. An explicit final settle's key is now its
+    body's (`{id}:settle:<digest>`): the second is queued under its own key and sent after the first,
+    which is charged, and the server refuses it as any second final settle, 409 reservation_closed,
+    set aside in `.rejected`: 10.00 - 0.03 = 9.97 available, the hold's 0.07 back."""
     url, book = live
     customer = new_customer(url, book)
     async with AsyncClient(url, ADMIN, background_settle=True) as tt:
         rid = (await tt.post("/v1/reservations", {"customer_id": customer, "request_id": "one-key-twice",
                                                   "model": "model-a", "amount": "0.10"}))["id"]
-        first, second = await asyncio.gather(tt.settle(rid, background=True, usage={"output_tokens": 1000}),
-                                             tt.settle(rid, background=True, usage={"output_tokens": 2000}),
-                                             return_exceptions=True)
-        assert first is None and isinstance(second, IdempotencyConflict), (first, second)
-        # the same settle queued again is no conflict: one key, one call
+        assert await tt.settle(rid, background=True, usage={"output_tokens": 1000}) is None
+        assert await tt.settle(rid, background=True, usage={"output_tokens": 2000}) is None
+        # the same settle queued again is one call under one key
         assert await tt.settle(rid, background=True, usage={"output_tokens": 1000}) is None
     view = reservation(url, rid)
     assert (view["status"], view["charged"], len(view["charges"])) == ("settled", "0.03", 1)
     assert available(url, customer) == Decimal("9.97")
-    assert not tt.spool.path.exists()
+    [rejected] = spool_dir.glob("*.rejected")
+    [filed] = [json.loads(line) for line in rejected.read_text().splitlines()]
+    assert filed["body"]["usage"] == {"output_tokens": 2000} and "reservation_closed" in filed["rejected"]
 
 
 def test_a_settle_under_a_key_no_header_can_carry_is_refused_at_the_call_in_every_mode(live, spool_dir):

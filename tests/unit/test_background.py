@@ -11,6 +11,7 @@ import httpx
 
 from api.background import MAX_ITEMS, BackgroundSettler, item_of
 from api.client import AsyncClient
+from api.client_reservations import final_settle_key
 from api.delivery import RetryPolicy
 from api.spool import Spool, SpoolRecord
 
@@ -199,4 +200,5 @@ async def test_a_close_drains_the_exits_and_the_queue_within_one_drain_timeout(t
     started = time.monotonic()
     await tt.aclose()
     assert time.monotonic() - started < 1.5
-    assert {r.idempotency_key for r in tt.spool.records()} == {"res_1:release:0", "res_2:settle:0"}
+    settled = final_settle_key("res_2", {"usage": {"input_tokens": 10, "output_tokens": 5}, "final": True})
+    assert {r.idempotency_key for r in tt.spool.records()} == {"res_1:release:0", settled}
