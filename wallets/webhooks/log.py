@@ -137,7 +137,10 @@ bounded AS (
        AND (CAST(:until AS timestamptz) IS NULL OR created_at < :until
             OR (created_at = :until AND event_id COLLATE "C" < CAST(:until_event AS text)))),
 wanted AS (
-    SELECT bounded.* FROM bounded
+    SELECT bounded.*,  -- already pending and due (queued, not yet sent): not scheduled anew
+           coalesce(d.status = 'pending' AND d.next_attempt_at <= now() AND coalesce(d.leased_until <= now(), true),
+                    false) AS waiting
+      FROM bounded
       LEFT JOIN webhook_deliveries d ON d.endpoint_id = :e AND d.event_id = bounded.event_id
      WHERE NOT :failed_only OR d.id IS NULL
         OR (d.status <> 'succeeded' AND coalesce(d.leased_until <= now(), true))),
@@ -151,9 +154,10 @@ queued AS (
     ON CONFLICT (endpoint_id, event_id) DO UPDATE SET {again}
      WHERE NOT :failed_only OR (webhook_deliveries.status <> 'succeeded'
            AND coalesce(webhook_deliveries.leased_until <= now(), true))
-    RETURNING id)
-SELECT (SELECT n FROM counted), (SELECT count(*) FROM queued), (SELECT created_at FROM past),
-       (SELECT event_id FROM past)
+    RETURNING event_id)
+SELECT (SELECT n FROM counted), (SELECT count(*) FROM queued),
+       (SELECT count(*) FROM queued JOIN wanted USING (event_id) WHERE NOT wanted.waiting),
+       (SELECT created_at FROM past), (SELECT event_id FROM past)
 """
 
 
@@ -165,7 +169,8 @@ async def redrive_since(conn: AsyncConnection, endpoint_id: str, topics: tuple[s
     for a retry, or never handed to this endpoint) but for one whose attempt is open right now.
     `since_event_id` narrows `since` to its events from that id on, `until_event_id` `until` to
     its events before that id (ids compared byte by byte), so that a window's events are in the
-    order (created_at, event id). Returns how many were scheduled. More than `limit` to queue
+    order (created_at, event id). Returns how many were scheduled anew (one already pending and due,
+    not yet sent, is not counted: it is sent once). More than `limit` to queue
     queues nothing: TooManyEventsError with the count and the first event past the limit (`until`,
     `until_event_id`): [since, that event) holds exactly `limit`, and the next call starts at it.
     `until` alone keeps a call within the limit too, but pages nothing where more than the limit
@@ -173,7 +178,7 @@ async def redrive_since(conn: AsyncConnection, endpoint_id: str, topics: tuple[s
     params: dict[str, Any] = {"e": endpoint_id, "topics": list(topics), "since": since, "until": until,
                               "failed_only": failed_only, "limit": limit, "since_event": since_event_id,
                               "until_event": until_event_id}
-    count, queued, within, within_event = (await conn.execute(text(_WINDOW.format(again=_AGAIN)), params)).one()
+    count, queued, anew, within, within_event = (await conn.execute(text(_WINDOW.format(again=_AGAIN)), params)).one()
     if count > limit:
         within = wire_time(within)
         raise TooManyEventsError(
@@ -183,4 +188,4 @@ async def redrive_since(conn: AsyncConnection, endpoint_id: str, topics: tuple[s
             count=count, limit=limit, until=within, until_event_id=within_event)
     if queued:
         await announce(conn)
-    return queued
+    return anew
