@@ -465,17 +465,37 @@ _MINOR_UNITS = ", ".join(f"({_literal(code)}, {minor_unit(code)})" for code in s
 # rounding of the amount due leaves out (wallets.core.billing.NOTED; the batch keeps a note's part of
 # what the receivable paid there where it is whole, commit 28d7d9b2). A note that moved a fraction
 # (after one of before notes were rounded) is rounded with its period: not in it.
-_NOTED = f"""
-    SELECT n.customer_id, j.metadata ->> 'period' AS period, sum(x.share) AS noted
+# Honest books written by earlier code hold other sums: a note billed before 28d7d9b2 kept none, and
+# one billed between 28d7d9b2 and 9ae9c3bd kept its share even where a fraction. So each period's
+# notes in the order they were written (1..n), and a `noted` is one the code of the day wrote where
+# it is, for some k <= m (k <= n: some note wrote the row), notes k..m-1 all their shares and notes
+# from m on their whole ones: SA(k) - SA(m) + SW(m), SA and SW the sums from a note on of all its
+# shares and of its whole ones (0 past the last). `noted` is the all-whole sum SW(1) today.
+_NOTES = f"""
+    SELECT n.customer_id, j.metadata ->> 'period' AS period, x.share AS a,
+           CASE WHEN x.share % coalesce(u.unit, 1) = 0 THEN x.share ELSE 0 END AS w,
+           row_number() OVER (PARTITION BY n.customer_id, j.metadata ->> 'period'
+                              ORDER BY j.recorded_at, n.lane, n.entry_id) AS rn
       FROM credit_notes n JOIN journal_entries j ON j.lane = n.lane AND j.id = n.entry_id
      CROSS JOIN LATERAL (
            SELECT coalesce(sum(p.amount), 0) AS share FROM postings p
             WHERE p.lane = j.lane AND p.entry_id = j.id
               AND p.account_id = ANY(ARRAY(SELECT id FROM accounts
                                             WHERE code = {_RECEIVABLE.replace('c.id', 'n.customer_id')}))) x
-      LEFT JOIN (VALUES {_MINOR_UNITS}) u(currency, unit) ON u.currency = n.currency
-     WHERE x.share % coalesce(u.unit, 1) = 0
-     GROUP BY 1, 2"""
+      LEFT JOIN (VALUES {_MINOR_UNITS}) u(currency, unit) ON u.currency = n.currency"""
+_SUFFIXES = f"""
+    SELECT customer_id, period, rn,
+           sum(a) OVER (PARTITION BY customer_id, period ORDER BY rn DESC) AS sa,
+           sum(w) OVER (PARTITION BY customer_id, period ORDER BY rn DESC) AS sw
+      FROM ({_NOTES}) t"""
+_NOTED = f"""
+    SELECT customer_id, period, sw AS noted FROM ({_SUFFIXES}) s WHERE rn = 1"""
+# Every `noted` the code of some day could have written for the (customer, period) (above)
+_NOTED_WRITTEN = f"""
+    WITH s AS ({_SUFFIXES})
+    SELECT k.customer_id, k.period, k.sa - m.sa + m.sw AS noted
+      FROM s k JOIN s m ON m.customer_id = k.customer_id AND m.period = k.period AND m.rn >= k.rn
+     UNION ALL SELECT customer_id, period, sa FROM s"""
 
 
 async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
@@ -538,7 +558,10 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
                       'close''s rounding) %s; the notes'' entries posted the receivable %s', r.customer_id, r.period,
                       r.noted, coalesce(n.noted, 0))
           FROM rolled r LEFT JOIN ({_NOTED}) n USING (customer_id, period)
-         WHERE r.noted_rows > 0 AND r.noted <> coalesce(n.noted, 0)""" if (await _schema(conn))["credit_notes"] else ""
+         WHERE r.noted_rows > 0 AND r.noted <> coalesce(n.noted, 0)
+           AND NOT EXISTS (SELECT 1 FROM ({_NOTED_WRITTEN}) w
+                            WHERE w.customer_id = r.customer_id AND w.period = r.period
+                              AND w.noted = r.noted)""" if (await _schema(conn))["credit_notes"] else ""
     return await _query_check(conn, "period_rollups", f"""
         WITH moved AS ({_MOVED}),
         rolled AS (

@@ -5,6 +5,7 @@ whole minor units. A `noted` changed by raw SQL would change the next close's ro
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from billing_kit import BillingKit
@@ -66,3 +67,37 @@ async def test_a_rollup_s_noted_changed_by_raw_sql_is_named(yen: BillingKit) -> 
         "rounding) 1000000000; the notes' entries posted the receivable 0"
     ]
     await verified(bk)
+
+
+# By hand (test_credit_note_noted_whole_shares): three notes billed in December, in the order
+# written: -1.5 yen (issued as before notes were rounded), -0.5 yen (a fraction), -1 yen (whole).
+# Today's batch keeps `noted` -1 (the whole one alone). A batch between 28d7d9b2 and 9ae9c3bd kept
+# every note's share it wrote: -0.5 - 1 = -1.5 yen (the first note, of before 28d7d9b2, none), and a
+# period open at 28d7d9b2 whose first two notes came before it kept only the third's, -1: honest
+# books, no problem. -2 yen no code ever wrote (the sums are -1, -1.5, -1.5 - 1 = -2.5 with the
+# first note's fraction, -3 all three): named, with what the notes' whole money is, -1 yen.
+async def test_a_noted_written_by_the_code_of_before_is_not_a_problem(yen: BillingKit, monkeypatch) -> None:  # noqa: F811
+    from test_credit_note_noted_whole_shares import _NotANote
+
+    from wallets import batch
+    from wallets.core import rerating as core_rerating
+
+    bk, cid = yen, "yen-noted-old"
+    await november_due_4(bk, cid)
+    bk.clock.now = DEC_2
+    for n, price in enumerate(("1000", "500", "300"), start=2):
+        at = NOV_1 + timedelta(seconds=n)
+        await bk.add_book(_book(f"v{n}", at.isoformat().replace("+00:00", "Z"), price))
+        with monkeypatch.context() as patched:
+            if n == 2:
+                patched.setattr(core_rerating, "note_money", lambda net, *_: net)
+                patched.setattr(batch, "CreditNoteIssued", _NotANote)
+            await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec("yen", f"v{n}", at, DEC_1), None)
+    await fold(bk, cid)
+    where = f"WHERE customer_id = '{cid}' AND period = '2026-12' AND item = 'noted'"
+    assert await _problems(bk) == []  # guard: today's -1
+    assert await _problems(bk, f"UPDATE period_rollups SET amount = {-1_500_000_000} {where}") == []
+    assert await _problems(bk, f"UPDATE period_rollups SET amount = {-2 * YEN} {where}") == [
+        f"customer {cid}, period 2026-12: rollup says noted (the notes' whole money, left out of the close's "
+        "rounding) -2000000000; the notes' entries posted the receivable -1000000000"
+    ]
