@@ -105,3 +105,31 @@ async def test_rows_of_two_payers_swapped_between_two_charges_are_named(fresh_db
                                for key, value in zip(("charge", "payer", "units"), row, strict=True)}}
         damaged = await _damaged(bk, params, *(moved(i) for i in range(len(swap))))
         assert damaged[:1] == ["credit_notes"] and any(named in p for p in damaged), (sign, damaged)
+
+
+async def test_a_re_rate_s_payer_rows_record_altered_by_raw_sql_is_named(fresh_db) -> None:
+    """Guard (the record itself: rerate_true_ups.payer_rows, not the rows). The same $30/M and $10/M
+    fix posts no entry and keeps [5th, none, $0.60], [20th, none, $0.40]. The record's 5th given by
+    raw SQL to the top-up (the rows as written: none of the 5th's payers got its $0.60): verify ties
+    the record to the rows, charge by charge and payer by payer, and names both sides: none of the
+    payers got 600,000,000 of the 5th where the record keeps 0, the top-up 0 where it keeps
+    600,000,000. (The record and the rows altered together alike are not seen: no hash covers them.)"""
+    bk = BillingKit(fresh_db)
+    cid = "no-entry-record-tampered"
+    top_up, _ = await _closed_per_charge(bk, cid, grant_expires=None)
+    done = await _rerated(bk, "30", "10")
+    assert done["customers"][0]["entry_ids"] == [], done
+    rerate_id = done["rerate_id"]
+    fifth, _ = sorted(charge for charge, _, _ in await _rows(bk, cid, rerate_id))
+    params = {"r": rerate_id, "c": fifth, "t": chart.lot_account(cid, top_up)}
+    damaged = await _damaged(bk, params, """
+        UPDATE rerate_true_ups SET payer_rows = (
+               SELECT jsonb_agg(CASE WHEN (e ->> 0)::bigint = :c
+                                     THEN jsonb_build_array(e -> 0, CAST(:t AS text), e -> 2) ELSE e END ORDER BY n)
+                 FROM jsonb_array_elements(payer_rows) WITH ORDINALITY x(e, n))
+         WHERE rerate_id = :r""")
+    said = f"true-up record of re-rate {rerate_id} of customer {cid}"
+    assert damaged[:1] == ["credit_notes"], damaged
+    assert sorted(p.split(": ", 1)[1] for p in damaged if p.startswith(said)) == [
+        f"its payers' rows give {params['t']} 0 of charge {fifth}, it posted no entry and kept 600000000",
+        f"its payers' rows give none of its payers 600000000 of charge {fifth}, it posted no entry and kept 0"], damaged
