@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TextIO
 
 import psycopg
@@ -233,9 +233,14 @@ def write_beancount(conn: psycopg.Connection, out: TextIO, window: Window = Wind
     first = conn.execute(f"SELECT min(j.occurred_at AT TIME ZONE 'UTC')::date FROM journal_entries j "
                          f"WHERE {WINDOW_SQL}", window.params()).fetchone()[0]
     total = count_entries(conn, window) if progress else 0
-    out.write(f'option "title" "tokentill journal"\n; entries that occurred in [{window.start or "-"}, '
-              f'{window.end or "-"}); amounts in display units, exact\n\n')
-    opened = (window.start.astimezone(UTC).date() if window.start else first or datetime.now(UTC).date()).isoformat()
+    out.write(f'option "title" "tokentill journal"\n; entries that occurred in [{_utc_text(window.start) or "-"}, '
+              f'{_utc_text(window.end) or "-"}); amounts in display units, exact\n\n')
+    # on the window's first day, else its first entry's, else (none in it) its last day or today
+    if window.start or first:
+        opened = (window.start.astimezone(UTC).date() if window.start else first).isoformat()
+    else:
+        opened = ((window.end - timedelta(microseconds=1)).astimezone(UTC).date() if window.end
+                  else datetime.now(UTC).date()).isoformat()
     for asset, scale in sorted({(a.asset, a.scale) for a in book.values()}):
         out.write(f'{opened} commodity {asset}\n  scale: "{scale}"\n')
     for a in sorted(book.values(), key=lambda a: a.name):
@@ -257,9 +262,10 @@ def write_beancount(conn: psycopg.Connection, out: TextIO, window: Window = Wind
     return Summary(entries)
 
 
-def _utc_text(moment: datetime) -> str:
-    """A time as every entry's `time` is written: UTC, microseconds, a Z (`2026-12-07T20:07:13.176782Z`)."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def _utc_text(moment: datetime | None) -> str | None:
+    """A time as every entry's `time` is written: UTC, microseconds, a Z (`2026-12-07T20:07:13.176782Z`);
+    None for none (an unbounded side of a window)."""
+    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _quote(value: str) -> str:
@@ -374,8 +380,7 @@ def write_jsonl(conn: psycopg.Connection, out: TextIO, window: Window = Window()
                                ).fetchone()[0]
     out.write(_json({"type": "export", "format": "tokentill-journal", "version": JSONL_VERSION,
                      "exported_at": exported_at, "whole": window.whole,
-                     "from": window.start and window.start.isoformat(),
-                     "to": window.end and window.end.isoformat()}) + "\n")
+                     "from": _utc_text(window.start), "to": _utc_text(window.end)}) + "\n")
     for a in book.values():
         out.write(_json({"type": "account", "code": a.code, "account_type": a.type, "asset": a.asset,
                          "scale": a.scale, "customer_id": a.customer_id}) + "\n")

@@ -130,6 +130,22 @@ def test_a_window_s_opening_balances_carry_their_time_spelled_as_every_entry_s(d
     assert all(spelled.fullmatch(e.meta["time"]) for e in entries if isinstance(e, data.Transaction))
 
 
+def test_an_empty_window_before_every_entry_opens_its_accounts_before_its_end(demo, tmp_path):
+    """`--to 2026-01-01T00:00:00Z`, before the demo's entries (written today, December 2026): no
+    entry in the window, and its accounts were opened on the export's day (today), after the window
+    ended. Now on its last day: 2026-01-01T00:00:00Z less a microsecond is 2025-12-31; bean-check
+    still passes (opens and commodities, no transaction)."""
+    url, _ = demo
+    out = tmp_path / "before.beancount"
+    done = cli(url, "export", "--format", "beancount", "--out", str(out), "--to", "2026-01-01T00:00:00Z")
+    assert done.returncode == 0, done.stderr
+    entries, errors, _ = loader.load_file(str(out))
+    assert errors == []
+    assert not any(isinstance(e, data.Transaction) for e in entries)
+    opens = [e for e in entries if isinstance(e, data.Open)]
+    assert opens and {e.date.isoformat() for e in opens} == {"2025-12-31"}
+
+
 def test_the_csv_export_is_one_posting_a_row_and_sums_to_the_trial_balance(demo, tmp_path):
     url, trial = demo
     out = tmp_path / "demo.csv"
@@ -217,6 +233,28 @@ def test_a_window_in_jsonl_carries_whole_seals_and_verifies(chain_url, tmp_path)
     assert len(keys) == len(seals[0]["entry_ids"]) < 900
     verified = _verify(tmp_path, lines)
     assert verified.returncode == 0, verified.stdout
+
+
+def test_a_window_s_bounds_in_either_header_are_spelled_as_every_entry_s_time(chain_url, tmp_path):
+    """The window given at +09:00: 09:06:40+09:00 is 09:06:40 - 9 h = 00:06:40 UTC, 09:08:20+09:00 is
+    00:08:20 UTC (entries 400-499, one seal). The jsonl header's `from`/`to` were Python's isoformat
+    ("2026-01-01T00:06:40+00:00") beside its own `exported_at` ("...Z"), and the Beancount header
+    comment read "[2026-01-01 00:06:40+00:00, ...)"; both now read the entries' spelling, UTC, six
+    digits, a Z. A header of before (the old spelling) still verifies offline."""
+    window = ("--from", "2026-01-01T09:06:40+09:00", "--to", "2026-01-01T09:08:20+09:00")
+    start, end = "2026-01-01T00:06:40.000000Z", "2026-01-01T00:08:20.000000Z"
+    path = tmp_path / "window.jsonl"
+    assert cli(chain_url, "export", "--format", "jsonl", "--out", str(path), *window).returncode == 0
+    lines = path.read_text().splitlines()
+    header = json.loads(lines[0])
+    assert (header["from"], header["to"]) == (start, end), header
+    assert _verify(tmp_path, lines).returncode == 0
+    old = json.dumps({**header, "from": "2026-01-01T00:06:40+00:00", "to": "2026-01-01T00:08:20+00:00"})
+    verified = _verify(tmp_path, [old, *lines[1:]])
+    assert verified.returncode == 0, verified.stdout
+    bean = tmp_path / "window.beancount"
+    assert cli(chain_url, "export", "--format", "beancount", "--out", str(bean), *window).returncode == 0
+    assert f"; entries that occurred in [{start}, {end}); " in bean.read_text()
 
 
 # Seals of the chain ledger: entries 0-299, 300-599, 600-869 (entry n at n seconds into 2026); 870-899 unsealed.
