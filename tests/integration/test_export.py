@@ -714,7 +714,9 @@ def test_an_export_to_stdout_is_the_same_utf8_bytes_as_to_a_file_whatever_the_lo
 
     gen = _migrated(server_url, "tokentill_export_stdout")
     url = next(gen)
-    ids = ["caf\u00e9-\U0001f600", "cr\rlf\r\n", "plain"]
+    # (a request id with CR and LF, "cr\\rlf\\r\\n", was here too: the API refuses it since d577d233, and
+    # a line break's bytes in an export are kept in test_export_csv_row_count, written as before the rule)
+    ids = ["caf\u00e9-\U0001f600", "plain"]
     try:
         with serving(url, ADMIN) as tt:
             tt.post("/v1/price-books", {"id": "plain", "currency": "USD", "effective_from": "2026-01-01T00:00:00Z",
