@@ -6,19 +6,21 @@ width joiner are letters' business in names (the renderings close what a bidi co
 
 from __future__ import annotations
 
-import unicodedata
+import re
 
 REFUSED_CATEGORIES = frozenset({"Cc", "Zl", "Zp"})
-# the same set as a pattern, for the OpenAPI document (Cc is exactly these two ranges)
-PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"
+# the same set as one character class (Cc is exactly its two ranges), for the check here and for
+# the OpenAPI document's pattern
+_REFUSED = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+PATTERN = rf"^[^{_REFUSED}]*$"
+_FIRST_REFUSED = re.compile(rf"[{_REFUSED}]")
 RULE = "control character, line separator or paragraph separator (Unicode Cc, Zl, Zp)"
 
 
 def refused_at(text: str) -> int | None:
     """The index of the first character of `text` the rule refuses, or None."""
-    if text.isprintable():  # none of Cc, Zl, Zp is printable: the common case, without a loop
-        return None
-    return next((i for i, c in enumerate(text) if unicodedata.category(c) in REFUSED_CATEGORIES), None)
+    found = _FIRST_REFUSED.search(text)
+    return None if found is None else found.start()
 
 
 def text_problem(text: str) -> str | None:

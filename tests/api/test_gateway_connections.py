@@ -9,7 +9,8 @@ http/1.1 (5 streams at most per connection) and whose Anthropic upstream offers 
 Anthropic upstream drops every connection; and `plain`, which trusts no extra CA, whose OpenAI
 upstream hangs up after reading each request and whose Anthropic upstream is the h2 fake. Two
 more, each for one test, call a fake allowing 2 streams per HTTP/2 connection (`narrow`): `spread`
-(as many connections as it needs) and `single` (one connection, a pool timeout of 1 s)."""
+(as many connections as it needs) and `single` (one connection, a pool timeout of 1 s); and `roomy`,
+h2's upstreams with the default read timeout, for 12 streams at once."""
 from __future__ import annotations
 
 import asyncio
@@ -200,9 +201,16 @@ def test_sequential_calls_reuse_one_upstream_connection_http2_and_http11(h2, tls
     assert len({c.peer for c in over_h2}) == 1 and len({c.peer for c in over_h1}) == 1
 
 
-async def test_concurrent_streams_share_http2_connections_opening_one_only_when_the_others_are_full(h2, tls):
-    url, _ = h2
-    _, key = customer(h2, amount="100.00")
+@pytest.fixture
+def roomy(database_url, tls, tls_h1, certs) -> Iterator[tuple[str, str]]:
+    """`h2`'s upstreams with the default read timeout: 12 streams at once of a fake serving them in
+    one thread may leave one silent for longer than h2's 2 s on a loaded machine (a 504 in CI)."""
+    yield from _serve(database_url, tls.url, tls_h1.url, upstream_ca=str(certs[0]))
+
+
+async def test_concurrent_streams_share_http2_connections_opening_one_only_when_the_others_are_full(roomy, tls):
+    url, _ = roomy
+    _, key = customer(roomy, amount="100.00")
     client = openai.AsyncOpenAI(base_url=f"{url}/openai/v1", api_key=key, max_retries=0)
     await client.chat.completions.create(model="gpt-test", messages=HI)  # the connection is open
     first = len(tls.fake.calls)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pricing.text import PATTERN, refused_at, text_problem
+from pricing.text import PATTERN, REFUSED_CATEGORIES, refused_at, text_problem
 
 
 @pytest.mark.parametrize(
@@ -44,10 +44,12 @@ def test_printable_text_and_format_characters_are_taken(text):
 
 def test_the_documented_pattern_refuses_exactly_what_the_rule_refuses():
     """Every code point of the Basic Multilingual Plane (surrogates aside) and a few beyond: the
-    OpenAPI document's pattern and the rule agree."""
+    OpenAPI document's pattern, the rule and the Unicode categories it names agree."""
     import re
+    import unicodedata
 
     pattern = re.compile(PATTERN)
     for point in [*range(0xD800), *range(0xE000, 0x10000), 0x1F469, 0xE0001, 0x10FFFD]:
         c = chr(point)
         assert (pattern.fullmatch(c) is None) == (refused_at(c) is not None), hex(point)
+        assert (unicodedata.category(c) in REFUSED_CATEGORIES) == (refused_at(c) is not None), hex(point)

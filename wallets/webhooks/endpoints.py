@@ -175,8 +175,9 @@ async def hand_over(conn: AsyncConnection, endpoint_id: str) -> None:
     sees them) that the fan-out has not handed out yet, as it would have while the endpoint was
     enabled: it skips them once the endpoint is disabled, and one enabled again got what was
     pending for it only, so an event committed just before the disable was never sent nor listed
-    failed. Those committed later are not queued (nothing is, while it is disabled)."""
-    await lock_fan_out(conn)
+    failed. Those committed later are not queued (nothing is, while it is disabled). The caller
+    holds the fan-out's cursor (lock_fan_out), taken before the endpoint's row, as both callers
+    (update's disable, the dispatcher's _disable_if_failing) do."""
     await conn.execute(text(
         """INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, customer_id, payload, event_at)
            SELECT e.id, webhook_event_id(p.lane, p.dedup_key, p.payload), p.topic, p.customer_id, p.payload,

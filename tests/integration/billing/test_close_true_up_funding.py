@@ -603,6 +603,15 @@ async def _rerated(bk: BillingKit, high: str, low: str, on: datetime = datetime(
     return await applied(bk, spec("v2", since))
 
 
+async def _no_entry_rerate(bk: BillingKit, cid: str) -> tuple[str, str, str]:
+    """`_closed_per_charge` (a grant that never expires), then the $30/M and $10/M fix that posts no
+    entry (each charge's overcharge nets with its part): the top-up, the grant and the re-rate's id."""
+    top_up, grant = await _closed_per_charge(bk, cid, grant_expires=None)
+    done = await _rerated(bk, "30", "10")
+    assert done["customers"][0]["entry_ids"] == [], done
+    return top_up, grant, done["rerate_id"]
+
+
 async def _rerated_again(bk: BillingKit, high: str, low: str, on: datetime | None = DEC_3) -> dict:
     """November re-rated again from November 2nd, on `on` (None: the clock as it stands), to a book
     `v3` from November 2nd: `high` $/M to 100,000 output tokens, `low` beyond."""

@@ -21,7 +21,7 @@ import pytest
 from billing_kit import BillingKit
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
-from test_close_true_up_funding import _closed_per_charge, _damaged, _rerated, _rerated_again
+from test_close_true_up_funding import _damaged, _no_entry_rerate, _rerated_again
 from test_rerate_volume_true_up import verified
 
 from wallets import chart
@@ -63,10 +63,7 @@ async def _kept(bk: BillingKit, cid: str) -> list[tuple]:
 async def test_migrate_down_and_up_past_0091_keeps_a_no_entry_re_rate_that_verifies(fresh_db, scratch_url) -> None:
     bk = BillingKit(fresh_db)
     cid = "m0091-no-entry"
-    top_up, grant = await _closed_per_charge(bk, cid, grant_expires=None)
-    done = await _rerated(bk, "30", "10")
-    assert done["customers"][0]["entry_ids"] == [], done
-    rerate_id = done["rerate_id"]
+    top_up, grant, rerate_id = await _no_entry_rerate(bk, cid)
     [(_, period, corrections, payer_rows)] = await _kept(bk, cid)
     fifth, twentieth = sorted(charge for charge, _, _ in payer_rows)
     assert (period, corrections) == ("2026-11", 1)

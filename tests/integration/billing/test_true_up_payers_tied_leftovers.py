@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from billing_kit import BillingKit
 from sqlalchemy import text
-from test_close_true_up_funding import _closed_per_charge, _damaged, _lot, _rerated
+from test_close_true_up_funding import _damaged, _lot, _no_entry_rerate
 from test_rerate_volume_true_up import CLOSED, live_lots, verified, vol_customer
 
 from wallets import chart
@@ -44,10 +44,7 @@ async def test_the_payer_rows_of_a_re_rate_that_posted_no_entry_are_tied_to_its_
     the 5th's rows still $0.60) is named."""
     bk = BillingKit(fresh_db)
     cid = "no-entry-rows-tied"
-    top_up, _ = await _closed_per_charge(bk, cid, grant_expires=None)
-    done = await _rerated(bk, "30", "10")
-    assert done["customers"][0]["entry_ids"] == [], done
-    rerate_id = done["rerate_id"]
+    top_up, _, rerate_id = await _no_entry_rerate(bk, cid)
     fifth, twentieth = sorted(charge for charge, _, _ in await _rows(bk, cid, rerate_id))
     assert await _rows(bk, cid, rerate_id) == [(fifth, None, 60 * CENT), (twentieth, None, 40 * CENT)]
     await verified(bk)
@@ -116,10 +113,7 @@ async def test_a_re_rate_s_payer_rows_record_altered_by_raw_sql_is_named(fresh_d
     600,000,000. (The record and the rows altered together alike are not seen: no hash covers them.)"""
     bk = BillingKit(fresh_db)
     cid = "no-entry-record-tampered"
-    top_up, _ = await _closed_per_charge(bk, cid, grant_expires=None)
-    done = await _rerated(bk, "30", "10")
-    assert done["customers"][0]["entry_ids"] == [], done
-    rerate_id = done["rerate_id"]
+    top_up, _, rerate_id = await _no_entry_rerate(bk, cid)
     fifth, _ = sorted(charge for charge, _, _ in await _rows(bk, cid, rerate_id))
     params = {"r": rerate_id, "c": fifth, "t": chart.lot_account(cid, top_up)}
     damaged = await _damaged(bk, params, """
