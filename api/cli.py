@@ -637,7 +637,13 @@ CONNECT_FAILURES = ("connection failed", "failed to resolve host", "connection i
 # How libpq refuses the value of one of the URL's parameters as it connects (`?sslmode=bogus`:
 # `invalid sslmode value: "bogus"`; `?keepalives=x`: `invalid integer value "x" for connection option
 # "keepalives"`): a bad setting, which was `cannot reach the database`, exit 3, naming no variable.
-LIBPQ_BAD_VALUE = re.compile(r'invalid [\w ]*value:? "[^"]*"(?: for connection option "\w+")?')
+# So are a pair libpq will not use together (`?sslnegotiation=direct` beside its default sslmode,
+# prefer) and a setting of `?options=` (or PGOPTIONS) the server refuses as it starts the session
+# (`-cstatement_timeout=abc`: FATAL: invalid value for parameter "statement_timeout": "abc").
+LIBPQ_BAD_VALUE = re.compile(
+    r'invalid [\w ]*value:? "[^"]*"(?: for connection option "\w+")?'
+    r'|weak sslmode "\w+" may not be used with sslnegotiation=\w+ \([^)]*\)'
+    r'|(?:invalid value for parameter "[^"]*": |unrecognized configuration parameter )"[^"]*"')
 
 
 def _set_by(refused: str) -> str:
@@ -648,8 +654,8 @@ def _set_by(refused: str) -> str:
     from psycopg import pq
     from psycopg.conninfo import conninfo_to_dict
 
-    named = re.search(r'connection option "(\w+)"|invalid (\w+) value', refused)
-    keyword = (named.group(1) or named.group(2)) if named else ""
+    named = re.search(r'connection option "(\w+)"|invalid (\w+) value|(sslnegotiation)=', refused)
+    keyword = next(filter(None, named.groups())) if named else "options"  # the server's: set by options
     url = os.environ.get("TOKENTILL_DATABASE_URL", "")
     if keyword not in (conninfo_to_dict(url) if url else {}):
         for option in pq.Conninfo.get_defaults():

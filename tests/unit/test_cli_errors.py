@@ -339,3 +339,40 @@ def test_a_bad_libpq_value_in_the_url_is_the_url_s_even_beside_its_environment_v
     with pytest.raises(SystemExit) as stopped:
         main(["keys", "list"])
     assert stopped.value.code == 'TOKENTILL_DATABASE_URL: invalid sslmode value: "bogus"'
+
+
+def _with_query(url: str, query: str) -> str:
+    return f"{url}{'&' if '?' in url else '?'}{query}"
+
+
+@pytest.mark.parametrize("query, said", [
+    # the server refuses the session's setting as it starts it: FATAL: invalid value for parameter
+    ("options=-cstatement_timeout%3Dabc",
+     'TOKENTILL_DATABASE_URL: invalid value for parameter "statement_timeout": "abc"'),
+    ("options=-cno_such_setting%3D1", 'TOKENTILL_DATABASE_URL: unrecognized configuration parameter "no_such_setting"'),
+    # libpq refuses the pair before it connects (its default sslmode is prefer)
+    ("sslnegotiation=direct",
+     'TOKENTILL_DATABASE_URL: weak sslmode "prefer" may not be used with sslnegotiation=direct '
+     '(use "require", "verify-ca", or "verify-full")'),
+])
+def test_a_setting_the_server_or_libpq_refuses_as_it_connects_is_a_bad_value_not_a_database_down(
+        query, said, database_url, monkeypatch, capsys):
+    """README: a value libpq refuses stops the command in one line naming the variable, exit 1.
+    `?options=-cstatement_timeout%3Dabc` was `error: cannot reach the database: connection failed: ...
+    FATAL: invalid value for parameter "statement_timeout": "abc"`, exit 3 (a database down), and
+    `?sslnegotiation=direct` `error: cannot reach the database: connection is bad: weak sslmode
+    "prefer" may not be used with sslnegotiation=direct (...)`, exit 3."""
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", _with_query(database_url, query))
+    with pytest.raises(SystemExit) as stopped:
+        main(["keys", "list"])
+    assert stopped.value.code == said
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_bad_setting_in_pgoptions_names_pgoptions(database_url, monkeypatch):
+    """libpq reads `options` from PGOPTIONS where the URL gives none: that variable is named."""
+    monkeypatch.setenv("TOKENTILL_DATABASE_URL", database_url)
+    monkeypatch.setenv("PGOPTIONS", "-cstatement_timeout=abc")
+    with pytest.raises(SystemExit) as stopped:
+        main(["keys", "list"])
+    assert stopped.value.code == 'PGOPTIONS: invalid value for parameter "statement_timeout": "abc"'
