@@ -181,7 +181,7 @@ class EmbeddedPostgres:
         running = self.postmaster() is not None
         self._server._postmaster_info = PostmasterInfo.read_from_pgdata(self.pgdata) if running else None  # type: ignore[attr-defined]
 
-    def _start_postmaster(self, timeout_s: float) -> None:
+    def _start_postmaster(self, timeout_s: float, level: int = logging.WARNING) -> None:
         socket_dir = parse_qs(urlsplit(self.url).query)["host"][0]  # the URL the pools use must not change
         command = [str(self.bin_dir / "pg_ctl"), "-w", "-t", str(int(timeout_s)), "-o", f'-h "" -k {socket_dir}',
                    "-l", str(self.pgdata / "log"), "-D", str(self.pgdata), "start"]
@@ -195,7 +195,7 @@ class EmbeddedPostgres:
                                   stderr=subprocess.DEVNULL, check=False, timeout=timeout_s + 5,
                                   user=self.system_user)
             if done.returncode == 0 and self.postmaster() is not None:
-                log.warning("embedded PostgreSQL in %s restarted", self.pgdata)
+                log.log(level, "embedded PostgreSQL in %s restarted", self.pgdata)
                 return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"could not restart the embedded PostgreSQL in {self.pgdata}: "
@@ -435,9 +435,11 @@ def fresh_logs(pgdata: Path, now: float | None = None) -> None:
         pass
 
 
-def _apply_settings(cluster: EmbeddedPostgres) -> None:
+def _apply_settings(cluster: EmbeddedPostgres, *, created: bool) -> None:
     """Write SERVER_SETTINGS into the cluster's configuration and restart it if any differed.
-    Call with the cluster's lock held."""
+    Call with the cluster's lock held. A cluster `created` by this start always differs: routine,
+    said at INFO (a new user's first `tokentill serve` printed two WARNING lines); settings changed
+    on a cluster made earlier are a WARNING."""
     import psycopg
 
     with psycopg.connect(cluster.url, autocommit=True) as conn:
@@ -448,11 +450,12 @@ def _apply_settings(cluster: EmbeddedPostgres) -> None:
             conn.execute(f"ALTER SYSTEM SET {name} = '{value}'")
     if not stale:
         return
-    log.warning("embedded PostgreSQL in %s: applying %s (restart)", cluster.pgdata, stale)
+    level = logging.INFO if created else logging.WARNING
+    log.log(level, "embedded PostgreSQL in %s: applying %s (restart)", cluster.pgdata, stale)
     subprocess.run([str(cluster.bin_dir / "pg_ctl"), "-D", str(cluster.pgdata), "-m", "fast", "-w", "stop"],
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True,
                    timeout=60, user=cluster.system_user)
-    cluster._start_postmaster(30.0)
+    cluster._start_postmaster(30.0, level)
     cluster._refresh()
 
 
@@ -607,6 +610,7 @@ def start(pgdata: Path, *, keep: bool = True) -> EmbeddedPostgres:
         if (info := Postmaster.read(pgdata)) is None or not info.alive():  # this start starts it
             fresh_logs(pgdata)
         since = _log_size(pgdata)
+        created = not (pgdata / "PG_VERSION").exists()  # initdb makes it now
         with _PROCESS_LOCK, _FailedCommand() as failed:
             try:
                 server = _get_server(pgserver, pgdata, "stop" if keep else "delete")
@@ -617,7 +621,7 @@ def start(pgdata: Path, *, keep: bool = True) -> EmbeddedPostgres:
                     reason = failed.reason
                 raise StartFailed(f"{pgdata}: PostgreSQL did not start: {reason}") from exc
         cluster = EmbeddedPostgres(pgdata=pgdata, url=server.get_uri(), _server=server)
-        _apply_settings(cluster)
+        _apply_settings(cluster, created=created)
     return cluster
 
 
