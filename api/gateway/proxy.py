@@ -36,7 +36,7 @@ import msgspec
 
 from api.auth import Principal, key_dimensions
 from api.errors import STATUS_BY_CODE, ApiError
-from api.gateway.calls import KINDS, MESSAGES, RESPONSES, Call, CallError, parse_call
+from api.gateway.calls import KINDS, MESSAGES, PROMPT_FIELDS, RESPONSES, Call, CallError, parse_call
 from api.gateway.config import GatewaySettings
 from api.gateway.connections import upstream_timeouts, upstream_transport
 from api.gateway.forwarding import CALLS, Forwarding
@@ -280,13 +280,20 @@ def _too_big_to_hold(call: Call, refused: Refusal) -> Refusal:
     fields: its cap (the caller's, or the gateway's default), its n, its prompt, and the bound; or,
     where its per-call tools (their fees and their results) are its larger part (`estimate.tool_uses`:
     tools_unpostable), its tools' field, their uses, fee per use, fees and results' tokens (was: the
-    cap, which did not make it too big, unless the fees alone passed the bound).
+    cap, which did not make it too big, unless the fees alone passed the bound); or, where its prompt
+    alone passes the bound (`estimate.input_tokens`: prompt_unpostable), its prompt's field, the tokens
+    it counted and the earlier turns it held (was: the cap, and the prompt's counted tokens alone).
     Was: 422 naming `estimate`, a field of the reserve API the caller never sent. Any other refusal
     as it is."""
     cause = refused.__cause__
     field, told = call.output_cap
     fields = cause.context.get("fields") if isinstance(cause, WalletValidationError) else None
     named = fields[0]["field"] if isinstance(fields, list) and len(fields) == 1 else None
+    if named == "estimate.input_tokens":  # its prompt alone, whatever its cap
+        field = PROMPT_FIELDS[call.kind][0] if call.kind in PROMPT_FIELDS else "input"
+        told = f"its prompt, {call.prompt_tokens} tokens counted" + (
+            " and its earlier turns held at the model's context window" if call.prior_context else "")
+        return Refusal(400, "validation_error", f"{field}: {told}: {fields[0]['message']}", param=field)
     if named == "estimate.tool_uses":
         field, told = _TOOLS_FIELD.get(call.kind, _CHAT_SEARCH)
         told = told.format(max(dict(call.tool_uses).values(), default=0))

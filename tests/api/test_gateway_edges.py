@@ -1544,6 +1544,40 @@ def test_a_call_whose_tools_fees_fit_but_not_with_their_results_is_refused_namin
     assert wallet(url, cid) == (Decimal("10"), 0)
 
 
+@pytest.mark.parametrize(("window", "cap", "told"), [
+    (10_000_000, 10, "input: its prompt, 8 tokens counted and its earlier turns held at the model's context "
+     "window: a prompt held at 10000000 tokens, 10000000000.00 USD, more than one journal entry can carry "
+     "(9223372036.854775807 USD), whatever the output cap (a hold of 10000000000.0012 USD)"),
+    (9_210_000, 10**12, "max_output_tokens: max_output_tokens 1000000000000 and 8 prompt tokens: a hold of "
+     "9230000000.001 USD")])
+def test_a_call_whose_prompt_alone_no_journal_entry_can_carry_is_refused_naming_its_prompt_not_its_cap(
+        live, upstream, window, cap, told):
+    """A responses call continuing a conversation (previous_response_id) holds its prompt at the
+    model's context window, here its book rule's: input at 1,000,000,000 USD per 1M tokens (1,000 USD
+    a token) with a window of 10,000,000 tokens is 10,000,000,000.00 USD of prompt, past the
+    9,223,372,036.854775807 USD one journal entry carries, whatever the cap; the cap's 10 output
+    tokens at 20.00/M add 0.0002 and the call 0.001: a hold of 10,000,000,000.0012. Was: 400
+    naming the cap ("max_output_tokens: max_output_tokens 10 and 8 prompt tokens: a hold of
+    10000000000.0012 USD ..."), param max_output_tokens, which adds 0.0002 USD. Now 400 naming the
+    prompt's field (input), its held tokens and their price. A window of 9,210,000 is a prompt of
+    9,210,000,000.00 USD, which fits; the largest cap, 10**12 output tokens at 20.00/M, adds
+    20,000,000.00 (and the call 0.001): 9,230,000,000.001, and the cap makes it too big, and is
+    named as before (guard). Nothing held or sent either way."""
+    url, _ = live
+    name = f"gpt-edge-{uuid.uuid4().hex[:8]}"
+    cid, key = customer((url, tool_book(url, {"id": "dear-in", "token_type": "input", "price": "1000000000",
+                                              "model": name, "context_window": window})))
+    refused = httpx.post(f"{url}/openai/v1/responses", headers={"Authorization": f"Bearer {key}"}, timeout=30,
+                         json={"model": name, "input": "hi", "max_output_tokens": cap, "previous_response_id": "r"})
+    assert refused.status_code == 400, refused.text
+    assert refused.headers["x-tokentill-charged"] == "0"
+    error = refused.json()["error"]
+    assert (error["code"], error["param"]) == ("validation_error", told.split(":")[0]), error
+    assert error["message"].startswith(told), error["message"]
+    assert all(sent["model"] != name for sent in upstream.fake.calls)
+    assert wallet(url, cid) == (Decimal("10"), 0)
+
+
 CONFLICTED = {"prompt_tokens": 1000, "completion_tokens": 40, "total_tokens": 1040,
               "prompt_tokens_details": {"cached_tokens": 200}, "input_tokens_details": {"cached_tokens": 100}}
 

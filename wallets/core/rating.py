@@ -157,6 +157,25 @@ def tools_unpostable(rating: Rating, tool_uses: Mapping[str, int], result_tokens
     return WalletValidationError("estimate.tool_uses", message)
 
 
+def prompt_unpostable(rating: Rating, total: int, currency: str) -> WalletValidationError | None:
+    """A hold past what one posting holds (`unpostable`) whose prompt alone passes it, whatever
+    the output cap: named by it (`estimate.input_tokens`), its tokens held (with the earlier turns
+    a continued conversation holds at its context window) and their price (the rating's prompt
+    lines, after the customer's discounts); else None. So the caller is not told its output cap
+    made the hold too big when its prompt did (was: a responses call continuing a conversation,
+    held at a 10,000,000-token window at 1,000 USD a token, was refused naming max_output_tokens
+    10 and 8 prompt tokens). The gateway names its prompt's field: api.gateway.proxy."""
+    lines = [line for line in rating.lines if line.token_type in PROMPT_TYPES and line.quantity]
+    units = round_entry([line.amount for line in lines], rating.scale)[0]
+    if units <= MAX_POSTING:
+        return None
+    tokens = sum(line.quantity for line in lines if line.kind == "usage")
+    return WalletValidationError("estimate.input_tokens", f"a prompt held at {tokens} tokens, "
+                                 f"{format_money(units, currency, rating.scale)} {currency}, more than one journal "
+                                 f"entry can carry ({format_money(MAX_POSTING, currency)} {currency}), whatever the "
+                                 f"output cap (a hold of {format_money(total, currency, rating.scale)} {currency})")
+
+
 def implausibility(wallet: Wallet, version: PriceVersion, rating: Rating, tokens: Mapping[str, int],
                    charged_before: int = 0) -> ImplausibleUsageError | None:
     """The plausibility bound a call breaks, if any: its charge (with what the request was charged

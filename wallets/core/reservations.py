@@ -45,6 +45,7 @@ from wallets.core.rating import (
     override_version,
     overrides_at,
     period_counts,
+    prompt_unpostable,
     rate_call,
     tools_unpostable,
     unpostable,
@@ -97,7 +98,9 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
             without = _held(w, book, cmd, now, (cmd.prompt_tokens or 0) - cmd.tool_result_tokens, {})[0]
             tools = tools_unpostable(rating, cmd.tool_uses, cmd.tool_result_tokens, without.total_units,
                                      w.customer.currency)
-        return Decision.refuse(tools or too_big)
+        # else named by the prompt where it alone makes it too big, whatever the output cap
+        prompt = None if tools or rating is None else prompt_unpostable(rating, amount, w.customer.currency)
+        return Decision.refuse(tools or prompt or too_big)
     # a hold past what one request may be charged starts a call whose settle is refused: the call,
     # once made, is answered whether or not its settle is taken. Not kept: the maximum may change
     past = hold_implausibility(w, book_for(w, book).version_at(now), amount)
