@@ -17,6 +17,7 @@ from api.metrics import APP, ITEM_ERRORS
 from ledger.db import RetriesExhaustedError, is_unavailable, sqlstate_of
 from ledger.errors import LedgerError
 from pricing.errors import PricingError
+from pricing.text import PATTERN as TEXT_PATTERN
 from wallets.core.idempotency import refusal_body
 
 log = logging.getLogger("tokentill.api")
@@ -123,8 +124,9 @@ KEPT_REFUSALS = {"402", "404", "409", "422", "429"}
 # The request header of every operation that honours it (api.routes.wire.idempotency reads it).
 IDEMPOTENCY_KEY = Parameter(
     name="Idempotency-Key", param_in=ParamType.HEADER, required=False,
-    schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=255),
-    description="Any string of 1 to 255 characters (spaces around it are dropped), one per call. The same "
+    schema=Schema(type=OpenAPIType.STRING, min_length=1, max_length=255, pattern=TEXT_PATTERN),
+    description="Any string of 1 to 255 characters (spaces around it are dropped) held to the rule of free "
+                "text (no control character, line or paragraph separator), one per call. The same "
                 "key and the same request again, by a key acting for the same customers (even after a key "
                 "rotation), is answered the first answer, refusals included, and does nothing twice; the "
                 "same key with another request is 409 `idempotency_conflict`.")

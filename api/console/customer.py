@@ -234,7 +234,7 @@ def _top_up_command(request: Request, customer_id: str, currency: str, form: dic
     expires_at = None if expires is None else time_in(f"{_day(expires, 'expires_on', date.today())}T00:00:00Z",
                                                        "expires_on")
     key = form.get("idempotency_key", "")
-    if not 8 <= len(key) <= 100:
+    if not 8 <= len(key) <= 100 or text_problem(key) is not None:  # the form's own: token_urlsafe
         raise WalletValidationError("idempotency_key", "reload the form")
     reference = form.get("reference", "")
     if len(reference) > REFERENCE_MAX:  # as the API refuses it: never recorded cut short

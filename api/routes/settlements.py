@@ -35,6 +35,7 @@ from ledger.db import RetriesExhaustedError, is_unavailable
 from ledger.errors import LedgerError
 from ledger.model import request_hash
 from pricing.errors import PricingError
+from pricing.text import PATTERN as TEXT_PATTERN
 from wallets.commands import Settle
 from wallets.errors import WalletValidationError
 
@@ -50,8 +51,9 @@ class SettleItem(msgspec.Struct, forbid_unknown_fields=True):  # a typo is a 422
     anthropic_usage: Annotated[dict[str, Any], json_object(ANTHROPIC_USAGE)] | None = None
     final: bool = True
     capture_id: Annotated[Text, free_text()] | None = None
-    # 1 to 255 characters once stripped of spaces, as the header (wire.idempotency counts them)
-    idempotency_key: Annotated[str, msgspec.Meta(extra_json_schema={"minLength": 1, "maxLength": 255}, description=(
+    # 1 to 255 characters once stripped of spaces, free text, as the header (wire.checked_key)
+    idempotency_key: Annotated[str, msgspec.Meta(extra_json_schema={"minLength": 1, "maxLength": 255,
+                                                                    "pattern": TEXT_PATTERN}, description=(
         "As a single settle's Idempotency-Key (the same key either way is one settle), stripped of spaces "
         "around it; when absent, one is derived from the reservation, the capture and the body"))] | None = None
     gemini_usage: Annotated[dict[str, Any], json_object(GEMINI_USAGE)] | None = None

@@ -42,6 +42,7 @@ from ledger.model import CANONICAL_JSON
 from pricing.errors import InvalidAmountError
 from pricing.money import CURRENCY_MINOR_UNITS, FINER, amount_problem, format_money, minor_unit_text, parse_amount
 from pricing.parse import parse_time, rounded_up, uppercase_z
+from pricing.text import text_problem
 from pricing.usage import NOT_A_DIMENSION_VALUE, NOT_AN_INTEGER
 from wallets import reports, store
 from wallets.chart import ASSET_SCALE
@@ -693,17 +694,30 @@ def body_hash(request: Request, body: Any, path: str | None = None) -> bytes:
 
 
 def idempotency_key(request: Request) -> str | None:
-    """The request's Idempotency-Key, stripped, or None. Sent on two lines it is two keys, and a
-    proxy or log that reads the other line keys the call differently: a 422 naming the header."""
+    """The request's Idempotency-Key, read as UTF-8 and stripped, or None. Sent on two lines it is
+    two keys, and a proxy or log that reads the other line keys the call differently: a 422 naming
+    the header."""
     lines = [value for name, value in request.scope["headers"] if name.lower() == b"idempotency-key"]
     if len(lines) > 1:
         raise WalletValidationError("Idempotency-Key", "given more than once: send one key")
     key = header(request, b"idempotency-key")
     if key is None:
         return None
-    key = key.strip()
+    try:  # read as UTF-8, as a bulk item's JSON key: "clé" either way is one key (Latin-1 made it "clÃ©")
+        key = key.encode("latin-1").decode("utf-8")
+    except UnicodeDecodeError:
+        raise WalletValidationError("Idempotency-Key", "must be UTF-8") from None
+    return checked_key(key.strip(), "Idempotency-Key")
+
+
+def checked_key(key: str, field: str) -> str:
+    """An idempotency key (stripped) held to its length and to the rule of free text: a key is an
+    id the caller makes up, logged and exported as one; a bad one is a 422 naming `field`."""
     if not 1 <= len(key) <= 255:
-        raise WalletValidationError("Idempotency-Key", "must be 1 to 255 characters")
+        raise WalletValidationError(field, "must be 1 to 255 characters")
+    problem = text_problem(key)
+    if problem is not None:
+        raise WalletValidationError(field, problem)
     return key
 
 
@@ -714,11 +728,9 @@ def idempotency(request: Request, body: Any, *, key: str | None = None, path: st
     bulk call's item gives its own `key` and the `path` of the single call it stands for, so that
     both share one key: sent either way, it is answered (and charged) once; a bad one is refused
     naming `field`, where the item's key came from."""
-    key = idempotency_key(request) if key is None else key.strip()
+    key = idempotency_key(request) if key is None else checked_key(key.strip(), field)
     if key is None:
         return None
-    if not 1 <= len(key) <= 255:
-        raise WalletValidationError(field, "must be 1 to 255 characters")
     principal = principal_of(request)
     scope = http_scope(principal.visible(), own=principal.scope.startswith("customer:"))
     return IdemKey(scope, key, body_hash(request, body, path))
