@@ -103,8 +103,8 @@ async def add_version(conn: AsyncConnection, customer_id: str, body: Mapping[str
                       effective_from: datetime | None, now: datetime) -> AddedOverrides:
     """Append a version taking effect at `effective_from` (default `now`, or just after the latest
     usage charged ahead of it: an event timed ahead of the clock keeps the version that rated it),
-    after every earlier one. The same overrides again, with no time or the latest version's, are
-    that version."""
+    after every earlier one. The same overrides again, at the latest version's time or with no time
+    while that version is in force, are that version."""
     parse_overrides(body)
     await check_models(conn, customer_id, body)
     stored = normalized(body)
@@ -113,9 +113,6 @@ async def add_version(conn: AsyncConnection, customer_id: str, body: Mapping[str
         """SELECT version, effective_from, body_hash FROM price_overrides
             WHERE lane = ledger_lane(:c) AND customer_id = :c ORDER BY version DESC LIMIT 1"""),
         {"c": customer_id})).first()
-    if last is not None and bytes(last.body_hash) == digest and effective_from in (None, last.effective_from):
-        return AddedOverrides(next(v for v in await stored_versions(conn, customer_id)
-                                   if v.version == last.version), created=False)
     at = effective_from or now
     if effective_from is None:  # "now", after any usage event timed ahead of the clock and charged already
         ahead = (await conn.execute(text(
@@ -123,6 +120,12 @@ async def add_version(conn: AsyncConnection, customer_id: str, body: Mapping[str
                  AND occurred_at > created_at AND occurred_at >= :at"""), {"c": customer_id, "at": at})).scalar()
         if ahead is not None:
             at = ahead + timedelta(microseconds=1)
+    # the same set is that version at its own time, or "now" when it is in force by then; one
+    # scheduled later is not in force now, so "now" is refused below as for any other set
+    same = last is not None and bytes(last.body_hash) == digest
+    if same and (at == last.effective_from if effective_from is not None else last.effective_from <= at):
+        return AddedOverrides(next(v for v in await stored_versions(conn, customer_id)
+                                   if v.version == last.version), created=False)
     if last is not None and at <= last.effective_from:
         raise PriceBookValidationError("effective_from", (
             f"must be after {wire_time(last.effective_from)}, when version {last.version} takes effect: "

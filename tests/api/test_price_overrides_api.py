@@ -63,6 +63,23 @@ async def test_a_version_must_take_effect_after_the_latest_one(client) -> None:
     assert [v["version"] for v in (await client.get(URL, headers=ADMIN)).json()["versions"]] == [1]
 
 
+
+async def test_the_same_set_put_now_while_it_is_scheduled_for_later_is_refused_not_taken_as_in_force(client) -> None:
+    """The set scheduled for tomorrow, PUT again without `effective_from` ("now"), was 200 with
+    tomorrow's version: the admin read it as in force, and a call today was charged the book's
+    $10/M, not the $8/M contract. "Now" is before the latest version, as for any other set: 422."""
+    at = utc(datetime.now(UTC) + timedelta(days=1))
+    assert (await client.put(URL, headers=ADMIN, json={**CONTRACT, "effective_from": at})).status_code == 201
+    now = await client.put(URL, headers=ADMIN, json=CONTRACT)
+    assert now.status_code == 422, now.text
+    assert now.json()["fields"][0]["field"] == "effective_from"
+    assert now.json()["fields"][0]["message"].startswith(f"must be after {at}, when version 1 takes effect")
+    # at its own time, it is that version still (a retry of the scheduling PUT)
+    again = await client.put(URL, headers=ADMIN, json={**CONTRACT, "effective_from": at})
+    assert again.status_code == 200 and again.json()["version"] == 1
+    assert [v["version"] for v in (await client.get(URL, headers=ADMIN)).json()["versions"]] == [1]
+
+
 BAD = [
     ({"contract_prices": [{"id": "x", "model": "model-zzz", "price": "1"}]}, "contract_prices[0].model"),
     ({"discounts": [{"id": "x", "model": "model-zzz", "percent": "5"}]}, "discounts[0].model"),
