@@ -123,7 +123,7 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
         return counted
     pieces = _pieces(w, amount, now)
     if amount == 0 and not isinstance(pieces, str) and not _draws(w, now) and not _free(w, book, cmd, now):
-        pieces = (f"wallet {w.customer.id} has nothing to draw (0.00 available, no overdraft): a hold of 0 "
+        pieces = (f"wallet {w.customer.id} has nothing to draw ({_nothing_to_draw(w)}): a hold of 0 "
                   f"starts only a call its prices make free, and {cmd.model} is not free for this customer")
     if isinstance(pieces, str):
         return Decision.refuse(InsufficientFundsError(pieces, **error_context), AnswerKept(
@@ -172,6 +172,15 @@ def _priced(book: PriceBook, model: str, now: datetime) -> None:
     if not version.prices_model(model):
         raise UnpricedModelError(f"no rule of price book {book.id} version {version.version} prices model {model}",
                                  model=model)
+
+
+def _nothing_to_draw(w: Wallet) -> str:
+    """Why a wallet `_draws` nothing, in its currency's digits: no credit, and no overdraft or one
+    all drawn (a limit the receivable reaches but does not pass, which is not blocked)."""
+    currency = w.customer.currency
+    limit = w.customer.overdraft_limit or 0
+    overdraft = f"its overdraft limit {format_money(limit, currency)} all drawn" if limit else "no overdraft"
+    return f"{format_money(0, currency)} available, {overdraft}"
 
 
 def _draws(w: Wallet, now: datetime) -> bool:

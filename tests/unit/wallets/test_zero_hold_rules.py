@@ -6,6 +6,8 @@ overdraft limit of 0. It is refused as insufficient funds; with credit to draw, 
 still taken."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from wallet_memory import CID, MemoryWallet
 
@@ -51,6 +53,32 @@ def test_a_call_its_prices_make_free_holds_0_on_an_empty_wallet_and_settles_for_
     assert m.reserve("0").reservation.amount == 0
     settled = m.settle(held.reservation.id, input_tokens=1000, output_tokens=500)
     assert settled.charged == 0 and m.receivable == 0
+
+
+
+def test_the_refusal_of_a_hold_of_0_on_an_overdraft_all_drawn_says_so_not_that_there_is_none():
+    """Postpaid with a $1.00 overdraft limit: a $1.00 hold settled at $1.00 (1,000 input tokens
+    at model-x's $1.00 per 1,000) leaves the receivable at 1.00, the limit all drawn and not past it.
+    A hold of 0 then said "0.00 available, no overdraft", where the customer has one of 1.00."""
+    m = MemoryWallet(billing="postpaid", overdraft="1.00")
+    held = m.reserve("1.00")
+    m.settle(held.reservation.id, input_tokens=1_000)
+    assert m.receivable == 1_000_000_000  # 1.00 in atomic units (10^-9)
+    given = m.reserve("0")
+    assert isinstance(given, InsufficientFundsError), given
+    assert "nothing to draw (0.00 available, its overdraft limit 1.00 all drawn)" in str(given), str(given)
+
+
+
+def test_the_refusal_of_a_hold_of_0_shows_the_wallet_s_currency_digits():
+    """A yen wallet has no minor unit: README's "Digits shown" writes its empty balance "0", as
+    every other refusal does (the detail said "0.00 available" whatever the currency)."""
+    m = MemoryWallet()
+    w = m.wallet
+    m.loaded.wallets[CID] = dataclasses.replace(w, customer=dataclasses.replace(w.customer, currency="JPY"))
+    given = m.reserve("0")
+    assert isinstance(given, InsufficientFundsError), given
+    assert "nothing to draw (0 available, no overdraft)" in str(given), str(given)
 
 
 SEARCHED = parse_book({"id": "book-s", "currency": "USD", "versions": [
