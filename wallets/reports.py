@@ -342,7 +342,9 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
            AND (CAST(:stop AS date) IS NULL OR (c.occurred_at AT TIME ZONE 'UTC')::date < :stop){group}""")
     # what re-rates moved of the charges in range (migration 0019's adjustments), by the charge's
     # own keys: lines of kind `rerate_adjustment`, no quantity, counted as charges only in rows
-    # of their own (grouped by kind), so that the amounts are what the charges stand at now
+    # of their own (grouped by kind), so that the amounts are what the charges stand at now; an
+    # adjustment keys a free allowance's lines by their kind (`rerating.by_type`), which the
+    # report keys as the charge's line does, by no token type: one row for the allowance
     counted = "count(DISTINCT c.id)" if "kind" in group_by else "0"
     parts.append(f"""
         SELECT {", ".join([*exprs, ""])} 0::numeric AS quantity, sum((l->>'amount_units')::numeric) AS amount,
@@ -353,7 +355,8 @@ async def usage(conn: AsyncConnection, customer_id: str, start: datetime | None,
                   FROM charge_adjustments a
                   JOIN charges q ON q.lane = a.lane AND q.id = a.charge_id
                  CROSS JOIN LATERAL (
-                       SELECT x ->> 0 AS model, x ->> 1 AS token_type, sum(s.sign * (x ->> 2)::numeric) AS delta
+                       SELECT x ->> 0 AS model, NULLIF(x ->> 1, 'free_allowance') AS token_type,
+                              sum(s.sign * (x ->> 2)::numeric) AS delta
                          FROM (VALUES (-1, a.old_lines), (1, a.new_lines)) s (sign, lines)
                         CROSS JOIN LATERAL jsonb_array_elements(s.lines) x
                         GROUP BY 1, 2 HAVING sum(s.sign * (x ->> 2)::numeric) <> 0) d

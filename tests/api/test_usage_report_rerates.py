@@ -67,3 +67,41 @@ async def test_grouped_by_kind_the_re_rate_is_a_row_of_its_own_beside_the_usage_
     assert _rows(report, "kind", "token_type", "quantity", "amount", "charges") == [
         ("rerate_adjustment", "input", 0, "-0.80", 2),
         ("usage", "input", 200_000, "2.00", 2), ("usage", "request", 2, "0.02", 2)]
+
+
+async def test_a_re_rate_s_change_to_a_free_allowance_is_in_the_allowance_s_own_row(client, tag):
+    """A $1.00 free allowance from November 1st; one event of 100,000 input tokens on November
+    10th: $1.00 + $0.01 = $1.01, the allowance pays $1.00 (a line with no token type), $0.01 owed.
+    Re-rated at $6.00/M: $0.60 + $0.01 = $0.61, all of it free: the allowance's line goes from
+    -$1.00 to -$0.61 (+$0.39), input from $1.00 to $0.60 (-$0.40); $0.00 owed. The report has one
+    row for the allowance, its token type none as the charge's line has it: -$1.00 + $0.39 = -$0.61.
+    Before, the re-rate's +$0.39 was a row of its own under a token type `free_allowance` (the
+    re-rate answer's name for the allowance's lines), so one allowance read as two rows, and the
+    console's chart drew two lines for it, "free allowance" and "free_allowance"."""
+    assert (await client.post("/v1/price-books", json=_book(tag, "v1", "2026-01-01T00:00:00Z", "10.00"))
+            ).status_code == 201
+    cid = f"urf-{tag}"
+    made = await client.post("/v1/customers", json={"id": cid, "price_book": f"urr-{tag}", "billing": "postpaid"})
+    assert made.status_code == 201, made.text
+    allowance = await client.put(f"/v1/customers/{cid}/price-overrides", json={
+        "effective_from": "2026-11-01T00:00:00Z", "free_allowances": [{"id": "free", "amount": "1.00"}]})
+    assert allowance.status_code in (200, 201), allowance.text
+    await send_usage(client, cid, [{"event_id": "e0", "timestamp": "2026-11-10T10:00:00Z",
+                                    "usage": {"input_tokens": 100_000}}])
+    assert (await client.get(f"/v1/customers/{cid}/wallet")).json()["receivable"] == "0.01"
+    assert (await client.post("/v1/price-books", json=_book(tag, "v2", "2026-11-01T00:00:00Z", "6.00"))
+            ).status_code == 201
+    applied = await client.post("/v1/rerate", json={"price_book": f"urr-{tag}", "version": "v2", **NOVEMBER,
+                                                    "customer_id": cid, "mode": "apply"})
+    assert applied.status_code == 200 and applied.json()["delta"] == "-0.01", applied.text
+    assert (await client.get(f"/v1/customers/{cid}/wallet")).json()["receivable"] == "0.00"
+    for window in (NOVEMBER, {"from": "2026-11-10T09:00:00Z", "to": "2026-11-10T12:00:00Z"}, {}):
+        report = await client.get(f"/v1/customers/{cid}/usage", params={**window, "group_by": "model,token_type"})
+        assert _rows(report, "model", "token_type", "quantity", "amount", "charges") == [
+            ("model-a", "input", 100_000, "0.60", 1), ("model-a", "request", 1, "0.01", 1),
+            ("model-a", None, 0, "-0.61", 1)], window
+    # grouped by kind, the re-rate's own row keeps the allowance's lines' token type too (none)
+    report = await client.get(f"/v1/customers/{cid}/usage", params={**NOVEMBER, "group_by": "kind"})
+    assert _rows(report, "kind", "token_type", "amount") == [
+        ("free_allowance", None, "-1.00"), ("rerate_adjustment", "input", "-0.40"),
+        ("rerate_adjustment", None, "0.39"), ("usage", "input", "1.00"), ("usage", "request", "0.01")]
