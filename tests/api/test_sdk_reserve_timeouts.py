@@ -3,9 +3,8 @@ lane lock: the server may have made the hold all the same, and the client must n
 customer's money locked until it expires."""
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
 
@@ -15,33 +14,36 @@ import pytest
 
 from api.client import AsyncClient, Client, RateLimited
 from ledger.lanes import lane_of
-from tests.api.test_sdk_durability import ADMIN, available, new_customer
+from tests.api.test_sdk_durability import ADMIN, ANSWER_CEILING_S, available, new_customer
 from wallets.engine import lane_lock
 
 
 @contextmanager
-def lane_held(database_url: str, customer: str, seconds: float) -> Iterator[threading.Thread]:
-    """The customer's lane locked (as a long batch would hold it) for `seconds` from now: its
-    reserves wait in the server, answered only once the lock is let go."""
+def lane_held(database_url: str, customer: str) -> Iterator[Callable[[], None]]:
+    """The customer's lane locked (as a long batch would hold it) from the block's start until the
+    test calls the `let_go` it gives (or the block ends): its reserves wait in the server, answered
+    only once the lock is let go. Held until an event, not for a time: under load a client's
+    retries can outlast any hold of fixed length, and a retry answered after it is no timeout."""
     conn = psycopg.connect(database_url, autocommit=True)
     lanes = conn.execute("SELECT lanes FROM ledger_settings").fetchone()[0]
-    conn.execute("SELECT pg_advisory_lock(%s)", (lane_lock(lane_of(customer, lanes)),))
-
-    def let_go() -> None:
-        time.sleep(seconds)
-        conn.close()  # its session's locks go with it
-
-    holder = threading.Thread(target=let_go)
-    holder.start()
+    conn.execute("SELECT pg_advisory_lock(%s)", (lane_lock(lane_of(customer, lanes)),))  # returns once held
     try:
-        yield holder
+        yield conn.close  # its session's locks go with it
     finally:
-        holder.join()
+        conn.close()
 
 
 def charge(url: str, request_id: str) -> dict | None:
     answer = httpx.get(f"{url}/v1/audit/charges/{request_id}", headers={"Authorization": f"Bearer {ADMIN}"})
     return answer.json() if answer.status_code == 200 else None
+
+
+def first_hold_made(url: str, request_id: str) -> None:
+    """Until the server has made the hold of `request_id` (asked every 50 ms; the ceiling bounds a hang)."""
+    deadline = time.monotonic() + ANSWER_CEILING_S
+    while charge(url, request_id) is None:
+        assert time.monotonic() < deadline, f"no hold made for {request_id} in {ANSWER_CEILING_S} s"
+        time.sleep(0.05)
 
 
 def settled_state(url: str, customer: str, request_id: str) -> tuple[str | None, Decimal]:
@@ -58,17 +60,18 @@ def settled_state(url: str, customer: str, request_id: str) -> tuple[str | None,
 
 
 def test_a_reserve_whose_answer_timed_out_is_released_by_its_key(live, spool_dir, database_url):
-    """Every attempt of the reserve times out on the client (0.3 s, the lane held 3 s), so the
-    caller gets the timeout; the server makes the hold once the lane is free. Before, it stayed
+    """Every attempt of the reserve times out on the client (0.3 s, the lane held until the caller
+    has the timeout); the server makes the hold once the lane is free. Before, it stayed
     held for its TTL (an hour here: $0.03 of the customer's locked); now the client asks again
     with the same Idempotency-Key, gets that very hold, and releases it."""
     url, book = live
     customer = new_customer(url, book)
-    with lane_held(database_url, customer, 3.0), \
+    with lane_held(database_url, customer) as let_go, \
             Client(url, ADMIN, timeout=0.3, backoff_s=0.01, flush_spool=False) as tt:
         block = tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500, ttl_seconds=3600)
         with pytest.raises(httpx.TimeoutException), block:
             raise AssertionError("never entered")
+        let_go()  # the close waits for the client's release, made once the lane is free
     assert settled_state(url, customer, block.request_id) == ("released", Decimal("0"))
     assert available(url, customer) == Decimal("10")
 
@@ -76,12 +79,13 @@ def test_a_reserve_whose_answer_timed_out_is_released_by_its_key(live, spool_dir
 async def test_an_async_reserve_whose_answer_timed_out_is_released_by_its_key(live, spool_dir, database_url):
     url, book = live
     customer = new_customer(url, book)
-    with lane_held(database_url, customer, 3.0):
+    with lane_held(database_url, customer) as let_go:
         async with AsyncClient(url, ADMIN, timeout=0.3, backoff_s=0.01, flush_spool=False) as tt:
             block = tt.reserve(customer, "model-a", input_tokens=1000, max_output_tokens=500, ttl_seconds=3600)
             with pytest.raises(httpx.TimeoutException):
                 async with block:
                     raise AssertionError("never entered")
+            let_go()
     assert settled_state(url, customer, block.request_id) == ("released", Decimal("0"))
     assert available(url, customer) == Decimal("10")
 
@@ -94,14 +98,14 @@ def test_a_timed_out_reserve_under_the_callers_request_id_is_the_callers_to_retr
     url, book = live
     customer = new_customer(url, book)
     request_id = f"mine-{customer}"
-    with lane_held(database_url, customer, 3.0) as holder, \
+    with lane_held(database_url, customer) as let_go, \
             Client(url, ADMIN, timeout=0.3, backoff_s=0.01, flush_spool=False) as tt:
         with pytest.raises(httpx.TimeoutException) as timed_out:
             with tt.reserve(customer, "model-a", request_id=request_id, input_tokens=1000, max_output_tokens=500):
                 raise AssertionError("never entered")
         assert any(f"retry with request_id {request_id}" in note for note in timed_out.value.__notes__)
-        holder.join()
-        time.sleep(0.5)  # the server makes the first hold once the lane is free
+        let_go()
+        first_hold_made(url, request_id)  # by the first reserve, once the lane is free
         with tt.reserve(customer, "model-a", request_id=request_id, input_tokens=1000, max_output_tokens=500) as r:
             r.record(input_tokens=1000, output_tokens=400)
     assert r.settlement["status"] == "settled" and Decimal(r.settlement["charged"]) == Decimal("0.028")
