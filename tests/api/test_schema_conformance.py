@@ -318,6 +318,22 @@ async def test_a_redrive_names_exactly_one_of_event_id_and_since(client: AsyncTe
     assert response.status_code == 404
 
 
+async def test_a_redrive_field_sent_as_null_is_one_left_out(client: AsyncTestClient):
+    """As the body's oneOf reads `since: null` beside `event_id` (left out), so does the handler
+    every other optional field: `until`, `since_event_id` or `until_event_id` null beside
+    `event_id` is left out (validated, then 404 for the endpoint), where a value is refused naming
+    it; `failed_only` is a boolean, and null is a 422 naming it (beside `since` too)."""
+    url = "/v1/webhook-endpoints/we_missing/redrive"
+    for field in ("until", "since_event_id", "until_event_id"):
+        left_out = await client.post(url, json={"event_id": "e", field: None})
+        given = await client.post(url, json={"event_id": "e", field: "2026-01-01T00:00:00Z"})
+        assert (left_out.status_code, given.status_code) == (404, 422), field
+        assert given.json()["fields"][0]["field"] == field
+    for body in ({"event_id": "e", "failed_only": None}, {"since": "2026-01-01T00:00:00Z", "failed_only": None}):
+        refused = await client.post(url, json=body)
+        assert refused.status_code == 422 and refused.json()["fields"][0]["field"] == "failed_only", body
+
+
 async def test_a_cursor_is_published_as_what_the_server_makes(client: AsyncTestClient, document: dict, tag: str):
     for path in ("/v1/journal", "/v1/accounts/{code}/statement"):
         cursor = next(p for p in document["paths"][path]["get"]["parameters"] if p["name"] == "cursor")

@@ -80,6 +80,12 @@ def _where(*, status: str | None = None, event_id: str | None = None, before: in
 
 
 _AGAIN = AFRESH  # a re-drive schedules the delivery afresh
+
+
+def _waiting(d: str) -> str:
+    """Whether delivery `d` is already queued and not yet sent (pending, due now, not leased): a
+    re-drive of it sends it once, as it would be anyway, so it is not counted as scheduled anew."""
+    return f"({d}.status = 'pending' AND {d}.next_attempt_at <= now() AND coalesce({d}.leased_until <= now(), true))"
 _FROM_OUTBOX = """
 INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, customer_id, payload, event_at)
 SELECT :e, webhook_event_id(o.lane, o.dedup_key, o.payload), o.topic, o.customer_id, o.payload, o.created_at
@@ -93,15 +99,18 @@ RETURNING id
 
 async def redrive_event(conn: AsyncConnection, endpoint_id: str, topics: tuple[str, ...], event_id: str) -> int:
     """Send one event of the endpoint's `topics` to it again (or for the first time, if it came
-    before the endpoint subscribed to it); not_found if no such event exists, a validation error
-    on `event_id` if its topic is not among `topics` (as a re-drive `since` leaves it out)."""
+    before the endpoint subscribed to it); 1, or 0 where it was queued already and not yet sent
+    (pending, due now, not leased: as a re-drive `since` counts it); not_found if no such event
+    exists, a validation error on `event_id` if its topic is not among `topics` (as a re-drive
+    `since` leaves it out)."""
     params = {"e": endpoint_id, "ev": event_id, "topics": list(topics), "failed_only": False}
-    again = await conn.execute(text(
-        f"""UPDATE webhook_deliveries SET {_AGAIN} WHERE endpoint_id = :e AND event_id = :ev
-               AND webhook_topic_matches(CAST(:topics AS text[]), topic) RETURNING id"""), params)
-    if again.first() is not None:
+    had = (await conn.execute(text(
+        f"""SELECT id, {_waiting("d")} AS waiting FROM webhook_deliveries d WHERE endpoint_id = :e AND event_id = :ev
+               AND webhook_topic_matches(CAST(:topics AS text[]), topic) FOR UPDATE"""), params)).first()
+    if had is not None:
+        await conn.execute(text(f"UPDATE webhook_deliveries SET {_AGAIN} WHERE id = :id"), {"id": had.id})
         await announce(conn)
-        return 1
+        return 0 if had.waiting else 1  # already queued, not yet sent: sent once, not counted
     rows = (await conn.execute(text(_FROM_OUTBOX.format(
         where="webhook_event_id(o.lane, o.dedup_key, o.payload) = :ev"
               " AND webhook_topic_matches(CAST(:topics AS text[]), o.topic)", again=_AGAIN)), params)).all()
@@ -138,8 +147,7 @@ bounded AS (
             OR (created_at = :until AND event_id COLLATE "C" < CAST(:until_event AS text)))),
 wanted AS (
     SELECT bounded.*,  -- already pending and due (queued, not yet sent): not scheduled anew
-           coalesce(d.status = 'pending' AND d.next_attempt_at <= now() AND coalesce(d.leased_until <= now(), true),
-                    false) AS waiting
+           coalesce({waiting}, false) AS waiting
       FROM bounded
       LEFT JOIN webhook_deliveries d ON d.endpoint_id = :e AND d.event_id = bounded.event_id
      WHERE NOT :failed_only OR d.id IS NULL
@@ -178,7 +186,8 @@ async def redrive_since(conn: AsyncConnection, endpoint_id: str, topics: tuple[s
     params: dict[str, Any] = {"e": endpoint_id, "topics": list(topics), "since": since, "until": until,
                               "failed_only": failed_only, "limit": limit, "since_event": since_event_id,
                               "until_event": until_event_id}
-    count, queued, anew, within, within_event = (await conn.execute(text(_WINDOW.format(again=_AGAIN)), params)).one()
+    count, queued, anew, within, within_event = (await conn.execute(
+        text(_WINDOW.format(again=_AGAIN, waiting=_waiting("d"))), params)).one()
     if count > limit:
         within = wire_time(within)
         raise TooManyEventsError(
