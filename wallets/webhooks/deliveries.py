@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from wallets.core.state import wire_time
 from wallets.model import new_id
-from wallets.webhooks.endpoints import hand_over, lock_fan_out
+from wallets.webhooks.endpoints import hand_over, lock_endpoint
 from wallets.webhooks.rules import DISABLED_TOPIC, RetryPolicy
 
 # The fan-out never writes an outbox row (a writer inserting the same dedup key after such an
@@ -173,6 +173,13 @@ async def record(conn: AsyncConnection, claimed: Claimed, outcome: Outcome, poli
     """Log the attempt and move the delivery on: succeeded, retried later, or failed for good
     (which disables an endpoint that has not succeeded since; that is an event too). A delivery
     re-driven or re-claimed meanwhile keeps its new state. Returns the delivery's status."""
+    # the wait counts from the attempt's end: from its start, one that timed out (10 s) had its
+    # first retries due before it ended, and a receiver too slow to answer got them back to back
+    retry_at = None if outcome.succeeded else policy.next_attempt(
+        claimed.scheduled_at, outcome.attempted_at + timedelta(milliseconds=outcome.latency_ms), claimed.turn)
+    status = "succeeded" if outcome.succeeded else ("pending" if retry_at else "failed")
+    if status == "failed":  # it may disable the endpoint: its locks in the order of an endpoint's change
+        await lock_endpoint(conn, claimed.endpoint_id)
     await conn.execute(text(
         """INSERT INTO webhook_attempts (delivery_id, endpoint_id, event_id, attempt, attempted_at, status_code,
                                          latency_ms, error, succeeded)
@@ -180,11 +187,6 @@ async def record(conn: AsyncConnection, claimed: Claimed, outcome: Outcome, poli
         {"id": claimed.id, "endpoint_id": claimed.endpoint_id, "event_id": claimed.event_id,
          "attempt": claimed.attempt, "at": outcome.attempted_at, "code": outcome.status_code,
          "latency": outcome.latency_ms, "error": outcome.error, "ok": outcome.succeeded})
-    # the wait counts from the attempt's end: from its start, one that timed out (10 s) had its
-    # first retries due before it ended, and a receiver too slow to answer got them back to back
-    retry_at = None if outcome.succeeded else policy.next_attempt(
-        claimed.scheduled_at, outcome.attempted_at + timedelta(milliseconds=outcome.latency_ms), claimed.turn)
-    status = "succeeded" if outcome.succeeded else ("pending" if retry_at else "failed")
     moved = (await conn.execute(text(
         """UPDATE webhook_deliveries SET status = :status, leased_until = NULL,
                   next_attempt_at = coalesce(:retry_at, next_attempt_at), last_attempt_at = :at,
@@ -202,10 +204,9 @@ async def record(conn: AsyncConnection, claimed: Claimed, outcome: Outcome, poli
 async def _disable_if_failing(conn: AsyncConnection, failed: Claimed) -> None:
     """An endpoint with no successful attempt since this delivery was scheduled (its whole retry
     window) is disabled, and the outbox gets webhook_endpoint.disabled for the others. It is handed
-    the events committed that the fan-out has not handed out yet (the fan-out's cursor taken first,
-    as an endpoint's PATCH takes it before the endpoint's row)."""
+    the events committed that the fan-out has not handed out yet (record took the fan-out's cursor
+    and the endpoint's row first, before the delivery's, as an endpoint's PATCH or DELETE does)."""
     reason = f"no successful delivery since {wire_time(failed.scheduled_at)}"  # as failing_since spells it
-    await lock_fan_out(conn)
     row = (await conn.execute(text(
         """UPDATE webhook_endpoints e SET status = 'disabled', disabled_reason = :reason, updated_at = now()
             WHERE e.id = :id AND e.status = 'enabled' AND NOT EXISTS (

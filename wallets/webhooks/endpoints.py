@@ -102,11 +102,7 @@ async def update(conn: AsyncConnection, endpoint_id: str, changes: Changes) -> E
     a new retry window): the window of its first fan-out was spent while nothing could be sent.
     New topics cancel what is pending of the topics dropped, as a delete cancels everything."""
     status = None if changes.enabled is None else ("enabled" if changes.enabled else "disabled")
-    if status == "disabled" or changes.topics is not None:
-        await lock_fan_out(conn)
-    was = (await conn.execute(text(
-        "SELECT status FROM webhook_endpoints WHERE id = :id AND status <> 'deleted' FOR NO KEY UPDATE"),
-        {"id": endpoint_id})).scalar()
+    was = await lock_endpoint(conn, endpoint_id, fan_out=status == "disabled" or changes.topics is not None)
     row = (await conn.execute(text(
         f"""UPDATE webhook_endpoints SET
               url = coalesce(:url, url), topics = coalesce(:topics, topics),
@@ -158,7 +154,7 @@ async def rotate_secret(conn: AsyncConnection, endpoint_id: str, grace: timedelt
 
 async def delete(conn: AsyncConnection, endpoint_id: str) -> Endpoint:
     """Delete by status: its secrets are erased, its pending deliveries cancelled, its log kept."""
-    await lock_fan_out(conn)
+    await lock_endpoint(conn, endpoint_id)
     row = (await conn.execute(text(
         f"""UPDATE webhook_endpoints SET status = 'deleted', disabled_reason = NULL, secret = NULL,
               previous_secrets = '{{}}', previous_secrets_until = '{{}}', updated_at = now()
@@ -177,7 +173,7 @@ async def hand_over(conn: AsyncConnection, endpoint_id: str) -> None:
     pending for it only, so an event committed just before the disable was never sent nor listed
     failed. Those committed later are not queued (nothing is, while it is disabled). The caller
     holds the fan-out's cursor (lock_fan_out), taken before the endpoint's row, as both callers
-    (update's disable, the dispatcher's _disable_if_failing) do."""
+    (update's disable, the dispatcher's record before _disable_if_failing: lock_endpoint) do."""
     await conn.execute(text(
         """INSERT INTO webhook_deliveries (endpoint_id, event_id, topic, customer_id, payload, event_at)
            SELECT e.id, webhook_event_id(p.lane, p.dedup_key, p.payload), p.topic, p.customer_id, p.payload,
@@ -186,6 +182,23 @@ async def hand_over(conn: AsyncConnection, endpoint_id: str) -> None:
              JOIN webhook_endpoints e ON e.id = :id AND webhook_topic_matches(e.topics, p.topic)
             WHERE p.delivered_at IS NULL  -- as the fan-out: migration 0013's went out then
            ON CONFLICT (endpoint_id, event_id) DO NOTHING"""), {"id": endpoint_id})
+
+
+async def lock_endpoint(conn: AsyncConnection, endpoint_id: str, *, fan_out: bool = True) -> str | None:
+    """Lock what a change of an endpoint's status or topics writes, in the one order every such
+    change takes: the fan-out's cursor (unless `fan_out` is false: a change the fan-out does not
+    read), the endpoint's row, then (the caller's statements) its deliveries. The dispatcher's
+    last failed attempt of a delivery, which disables the endpoint, took the delivery's row first
+    and the cursor after it, while a PATCH of topics or a DELETE held the cursor and waited on
+    that delivery to cancel it: a deadlock (40P01), and neither is retried (Database.committed):
+    the PATCH answered 500, or the attempt went unrecorded and was sent again
+    (tests/integration/test_webhook_disable_lock_order.py). Returns its status (None: deleted or
+    no such endpoint)."""
+    if fan_out:
+        await lock_fan_out(conn)
+    return (await conn.execute(text(
+        "SELECT status FROM webhook_endpoints WHERE id = :id AND status <> 'deleted' FOR NO KEY UPDATE"),
+        {"id": endpoint_id})).scalar()
 
 
 async def lock_fan_out(conn: AsyncConnection) -> None:
