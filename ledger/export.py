@@ -25,7 +25,7 @@ FORMATS = ("beancount", "csv", "jsonl")
 ROOTS = {"asset": "Assets", "liability": "Liabilities", "equity": "Equity", "income": "Income",
          "expense": "Expenses"}
 FETCH = 5000  # rows per round trip of a server-side cursor
-JSONL_VERSION = 2  # 2: seals carry hash_version, entries recorded_at
+JSONL_VERSION = 3  # 2: seals carry hash_version, entries recorded_at; 3: re-rates' payer rows
 APPLICATION = "tokentill-export"  # the export's session in pg_stat_activity
 
 Progress = Callable[[int, int], None]  # (entries written, entries in the export)
@@ -364,6 +364,24 @@ SELECT {_SECTION}, j.id,
 """
 
 
+# Each re-rate's payer rows (the wallets' `true_up_payers`, migration 0082, read by name: ledger imports
+# no wallet module): what its true-up gave back (took back: negative) of each charge, by payer (an
+# account code; null: none of the charge's payers). The offline verifier ties them to the re-rate's
+# entry, whose `beyond_payer_rows` (in its hash) is what it posted each account beyond them. Every
+# re-rate's rows, in a window export too (a few rows a re-rate): an entry of the file is tied to all
+# of its own. A close's rows (rerate_id null) are not written.
+_PAYER_ROWS = """
+SELECT rerate_id, customer_id, period, charge_id, payer, units::text FROM true_up_payers
+ WHERE rerate_id IS NOT NULL ORDER BY customer_id, period, rerate_id, charge_id, payer NULLS FIRST
+"""
+
+
+def _payer_rows(conn: psycopg.Connection) -> Iterator[tuple]:
+    """The re-rates' payer rows (none before migration 0082 made their table)."""
+    if conn.execute("SELECT to_regclass('true_up_payers') IS NOT NULL").fetchone()[0]:
+        yield from _stream(conn, _PAYER_ROWS, {}, "tokentill_payers")
+
+
 def _json(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
@@ -422,7 +440,13 @@ def write_jsonl(conn: psycopg.Connection, out: TextIO, window: Window = Window()
         sealed = entries
         out.write(_json({"type": "unsealed", "from_txid": bounds[-1]}) + "\n")
         section(unsealed, '{"type":"entry","seal":null,"sealed_hash":', {})
-    out.write(_json({"type": "end", "entries": entries, "seals": seals, "unsealed": entries - sealed}) + "\n")
+    payers = 0
+    for rerate_id, customer_id, period, charge_id, payer, units in _payer_rows(conn):
+        out.write(_json({"type": "payer", "rerate_id": rerate_id, "customer_id": customer_id, "period": period,
+                         "charge_id": charge_id, "payer": payer, "units": int(units)}) + "\n")
+        payers += 1
+    out.write(_json({"type": "end", "entries": entries, "seals": seals, "unsealed": entries - sealed,
+                     "payers": payers}) + "\n")
     if progress:
         progress(entries, total)
     return Summary(entries, None, seals, entries - sealed)

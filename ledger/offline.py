@@ -18,7 +18,9 @@ CUSTOMER_SCALE). A version 4 seal is dated when
 it was written, so its sealed_at must not precede the seal before it nor any of its entries'
 recorded_at; an older seal's was its sealer's transaction start, which need not follow either,
 and it is not checked. An unsealed entry may not reuse a sealed entry's id (as a forged entry of
-another lane can). Memory is one seal's entry ids at a time, a bit for each sealed entry's id, the
+another lane can). From version 3 a re-rate's payer rows are tied to its entry's postings and its
+`beyond_payer_rows` (`tie_payers`). Memory is one seal's entry ids at a time, the re-rates' entries
+and payer rows, a bit for each sealed entry's id, the
 ids of the entries no seal covers yet, and each account's asset and customer.
 """
 from __future__ import annotations
@@ -44,6 +46,7 @@ LIMIT = 50  # problems kept; the count is exact
 # every amount a power of ten off, each account still agreeing with the others
 CUSTOMER_SCALE = 9
 _HASH = re.compile(r"[0-9a-f]{64}")
+_PERIOD = re.compile(r"[0-9]{4}-[0-9]{2}")
 _UTC = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")  # as the export writes
 
 
@@ -143,18 +146,23 @@ _SHAPES = {
               "postings": lambda v: type(v) is list and all(_posting(p) for p in v),
               "seal": lambda v: v is None or _int(v), "sealed_hash": lambda v: v is None or _hash(v)},
     "unsealed": {"from_txid": _txid},
-    "end": {"entries": _int, "seals": _int, "unsealed": _int},
+    "payer": {"rerate_id": _text, "customer_id": _text,
+              "period": lambda v: _text(v) and _PERIOD.fullmatch(v) is not None,
+              "charge_id": _int, "payer": lambda v: v is None or (_text(v) and v != ""),
+              "units": lambda v: _int(v) and v != 0},
+    "end": {"entries": _int, "seals": _int, "unsealed": _int, "payers": _int},
 }
 # Fields an export written before hash versions lacks: a seal without one is version 1, and an
 # entry's recorded_at is needed only under a version 2 seal or later, a seal's sealed_at under 4.
-_OPTIONAL = {"seal": {"hash_version", "sealed_at"}, "entry": {"recorded_at"}}
+_OPTIONAL = {"seal": {"hash_version", "sealed_at"}, "entry": {"recorded_at"}, "end": {"payers"}}
 
 
 # The fields an export header carries (none needed: `whole` is checked on its own; an export written
 # before versions may lack `format` and `version`, one given must be these).
 _HEADER = {"format", "version", "exported_at", "whole", "from", "to"}
 FORMAT = "tokentill-journal"
-VERSIONS = (1, 2)  # 1: before hash versions (no hash_version, no recorded_at)
+VERSIONS = (1, 2, 3)  # 1: before hash versions (no hash_version, no recorded_at); 3: payer records
+PAYERS_FROM = 3  # the export version whose end record counts its payer records
 
 
 def _unwritten(kind: str, rec: dict) -> str | None:
@@ -181,6 +189,8 @@ class OfflineReport:
     whole: bool = True
     gaps: int = 0  # in a window export: places where seals were left out (the chain is not checked there)
     from_genesis: bool = False  # the first seal is the chain's first: none precedes it
+    payers: int = 0  # re-rates' payer rows read
+    untied: int = 0  # of them, rows of a re-rate no entry of the file records what it posted beyond (not checked)
     problems: list[str] = field(default_factory=list)
     problem_count: int = 0
 
@@ -269,6 +279,14 @@ class _Verifier:
         now = now or datetime.now(UTC)
         self.now = _utc(now)
         self.now_ahead = _utc(now + DATED_AHEAD)
+        self.version = VERSIONS[0]  # the header's
+        # a re-rate's entry that recorded what it posted beyond its payer rows, by (re-rate, customer,
+        # period): (entry id, what it gave each account back, what it recorded beyond the rows of each)
+        self.rerated: dict[tuple[str, str, str], list[tuple[int, dict[str, int], dict[str, int]]]] = {}
+        # the payer records: what their rows give each payer (none aside), by (re-rate, customer, period)
+        self.payer_sums: dict[tuple[str, str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.payer_rows: Counter[tuple[str, str, str]] = Counter()  # the payer records, by the same
+        self.payer_keys: set[tuple[str, str, str, int, str | None]] = set()  # a row given twice is named
 
     def line(self, number: int, raw: bytes) -> None:
         first, self.started = not self.started, True
@@ -317,13 +335,21 @@ class _Verifier:
             self.entry(number, rec)
         elif kind == "unsealed":
             self.start_unsealed(rec)
+        elif kind == "payer":
+            self.payer(number, rec)
         elif kind == "end":
             self.close_seal()
             self.ended = True
+            if "payers" not in rec and self.version >= PAYERS_FROM:
+                self.report.fail(f"line {number}: the end record has no 'payers', which a version {self.version} "
+                                 "export's counts")
             for name, what, held in (("entries", "entries", self.report.entries), ("seals", "seals", self.report.seals),
-                                     ("unsealed", "unsealed entries", self.report.unsealed)):
-                if rec[name] != held:
+                                     ("unsealed", "unsealed entries", self.report.unsealed),
+                                     ("payers", "payer records", self.report.payers)):
+                if rec.get(name, held) != held:
                     self.report.fail(f"the end record counts {rec[name]} {what}, the file holds {held}")
+            if self.version >= PAYERS_FROM:  # an export before writes no payer record: nothing to tie
+                self.tie_payers()
         elif kind == "account":
             self.account(number, rec)
         else:
@@ -352,9 +378,12 @@ class _Verifier:
             self.report.fail(f"line {number}: the export header's 'format' is {_shown(rec['format'])}, not "
                              f"{_shown(FORMAT)}: not a file this verifier reads")
         version = rec.get("version", VERSIONS[0])
-        if type(version) is not int or version not in VERSIONS:
+        if type(version) is int and version in VERSIONS:
+            self.version = version
+        else:
+            known = f"{', '.join(map(str, VERSIONS[:-1]))} and {VERSIONS[-1]}"
             self.report.fail(f"line {number}: the export header's 'version' is {_shown(version)}, a version this "
-                             f"verifier does not know (it reads {' and '.join(map(str, VERSIONS))})")
+                             f"verifier does not know (it reads {known})")
 
     def header_window(self, number: int, rec: dict) -> None:
         """The header's window, [from, to) (null: unbounded), which a window export's seals and
@@ -410,6 +439,67 @@ class _Verifier:
                 factor = f"{'1/' if scale > CUSTOMER_SCALE else ''}1{'0' * abs(scale - CUSTOMER_SCALE)}"
                 self.report.fail(f"asset {asset} has scale {scale}, but a customer's currency is kept in units of "
                                  f"10^-{CUSTOMER_SCALE}: its amounts read {factor} times what they are")
+
+    def rerate_entry(self, rec: dict) -> None:
+        """A re-rate's entry (kind rerate_adjustment, keyed `rerate:<re-rate>:<customer>:<period>`, as
+        `audit verify` reads one: another key is not a re-rate's) that recorded what it posted each
+        account beyond its payer rows (`beyond_payer_rows`, in its hash): kept, with what it gave each
+        account back (credited it, less debited it), for `tie_payers`."""
+        meta = rec["metadata"]
+        if rec["kind"] != "rerate_adjustment" or type(meta) is not dict or "beyond_payer_rows" not in meta:
+            return
+        rerate_id, customer, key = meta.get("rerate_id"), rec["customer_id"], rec["key"]
+        period = key.rsplit(":", 1)[-1]
+        if not (_text(rerate_id) and _text(customer) and key == f"rerate:{rerate_id}:{customer}:{period}"):
+            return
+        beyond = meta["beyond_payer_rows"]
+        if type(beyond) is not dict or not all(_int(v) for v in beyond.values()):
+            self.report.fail(f"entry {rec['id']}: its beyond_payer_rows is {_shown(beyond)}, not what it posted each "
+                             "account beyond its payer rows (account codes and integers)")
+            return
+        posted: dict[str, int] = defaultdict(int)
+        for p in rec["postings"]:
+            posted[p[1]] -= p[3]
+        self.rerated.setdefault((rerate_id, customer, period), []).append((rec["id"], dict(posted), beyond))
+
+    def payer(self, number: int, rec: dict) -> None:
+        """A re-rate's payer row: what its true-up gave back (took back) of a charge, by payer."""
+        self.report.payers += 1
+        if self.version < PAYERS_FROM:
+            self.report.fail(f"line {number}: a payer record in a version {self.version} export (written from version "
+                             f"{PAYERS_FROM} on: not tied here)")
+        key = (rec["rerate_id"], rec["customer_id"], rec["period"])
+        row = (*key, rec["charge_id"], rec["payer"])
+        if row in self.payer_keys:
+            self.report.fail(f"line {number}: re-rate {rec['rerate_id']} of customer {rec['customer_id']}, "
+                             f"{rec['period']} gives {rec['payer'] or 'none of its payers'} of charge "
+                             f"{rec['charge_id']} twice (a true-up writes one row a charge and payer)")
+        self.payer_keys.add(row)
+        self.payer_rows[key] += 1
+        if rec["payer"] is not None:
+            self.payer_sums[key][rec["payer"]] += rec["units"]
+
+    def tie_payers(self) -> None:
+        """Each re-rate entry's payer rows tied to its postings (as `audit verify` ties them): of each
+        account, the rows (the rows of none aside) and what the entry recorded beyond them sum to
+        what it gave the account back, so a row changed, moved to another payer, added or removed
+        names each account it gives more or less than the entry posted it. Rows of a re-rate with no
+        such entry in the file (one that posted none, its lines netting 0; one outside a window; one
+        written before `beyond_payer_rows`) are tied to nothing here: counted (`untied`)."""
+        for key in sorted(set(self.rerated) | set(self.payer_rows)):
+            rows = self.payer_sums.get(key, {})
+            entries = self.rerated.get(key)
+            if entries is None:
+                self.report.untied += self.payer_rows[key]
+                continue
+            rerate_id, customer, period = key
+            for entry_id, posted, beyond in entries:
+                for account in sorted(set(posted) | set(beyond) | set(rows)):
+                    got, kept, given = posted.get(account, 0), beyond.get(account, 0), rows.get(account, 0)
+                    if got != given + kept:
+                        self.report.fail(f"true-up record of re-rate {rerate_id} of customer {customer}, {period}: "
+                                         f"its payers' rows give {account} {given} back, its entry {entry_id} "
+                                         f"posted it {got} ({kept} of it beyond its payers' rows, as it recorded)")
 
     def start_unsealed(self, rec: dict) -> None:
         self.close_seal()
@@ -476,6 +566,7 @@ class _Verifier:
                 self.report.fail(f"entry {entry_id} posts {p[4]} to {p[1]}, an account in {listed}")
         if any(sums.values()) or len(postings) < 2:
             self.report.fail(f"entry {entry_id} does not balance: {dict(sums)}")
+        self.rerate_entry(rec)
         seal = self.seal
         if not self.past_first_seal and not self.in_unsealed:  # an export writes none there: nothing checks it
             self.report.fail(f"entry {entry_id} (line {number}) lies before the first seal's record: in no seal's "
@@ -651,6 +742,10 @@ def _print(report: OfflineReport, expect_head: str | None) -> None:
           f"{report.head or '(no seal)'}")
     if report.unsealed:
         print(f"note: {report.unsealed:,} entries are not sealed yet, so no hash vouches for them")
+    if report.untied:
+        print(f"note: {report.untied:,} of {report.payers:,} re-rate payer rows are of re-rates with no entry in the "
+              "file that recorded what it posted beyond them (one that posted no entry, one outside a window, or one "
+              "written before it recorded that): nothing here ties them to a posting")
     # a window from the chain's first seal leaves none out before it (it was cautioned so all the same)
     left = ([] if report.from_genesis else ["before its first"]) + (
         [f"in {report.gaps:,} gap(s) between its seals"] if report.gaps else [])
@@ -733,7 +828,8 @@ def main(argv: list[str] | None = None) -> int:
         _expected(report, args.expect_head)
     if args.json:
         print(json.dumps({"ok": report.ok, "entries": report.entries, "seals": report.seals,
-                          "unsealed": report.unsealed, "head": report.head, "whole": report.whole,
+                          "unsealed": report.unsealed, "payers": report.payers, "untied_payers": report.untied,
+                          "head": report.head, "whole": report.whole,
                           "gaps": report.gaps, "from_genesis": report.from_genesis,
                           **({"expected_head": _passes(report, args.expect_head)} if args.expect_head else {}),
                           "problem_count": report.problem_count, "problems": report.problems}, indent=2))

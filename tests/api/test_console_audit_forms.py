@@ -125,7 +125,7 @@ async def test_an_empty_window_downloads_as_the_journal_and_the_command_take_it(
     kinds = [r["type"] for r in records]
     assert (kinds[0], kinds[-1], {"entry", "seal"} & set(kinds)) == ("export", "end", set()), kinds  # the accounts'
     assert (records[0]["whole"], records[0]["from"], records[0]["to"]) == (False, *["2026-03-10T00:00:00.000000Z"] * 2)
-    assert records[-1] == {"type": "end", "entries": 0, "seals": 0, "unsealed": 0}
+    assert records[-1] == {"type": "end", "entries": 0, "seals": 0, "unsealed": 0, "payers": 0}
     report = offline.verify_lines(download.content.splitlines())
     assert (report.ok, report.entries, report.seals) == (True, 0, 0), report.problems
 

@@ -66,17 +66,17 @@ def test_the_files_an_export_writes_verify():  # guard
                                    "\"tokentill-journal\": not a file this verifier reads"),
     ("format", None, "line 1: the export header's 'format' is null, not \"tokentill-journal\": not a file "
                      "this verifier reads"),
-    ("version", 3, "line 1: the export header's 'version' is 3, a version this verifier does not know "
-                   "(it reads 1 and 2)"),
+    ("version", 4, "line 1: the export header's 'version' is 4, a version this verifier does not know "
+                   "(it reads 1, 2 and 3)"),
     ("version", "2", "line 1: the export header's 'version' is \"2\", a version this verifier does not know "
-                     "(it reads 1 and 2)"),
+                     "(it reads 1, 2 and 3)"),
     ("version", 2.0, "line 1: the export header's 'version' is 2.0, a version this verifier does not know "
-                     "(it reads 1 and 2)"),
+                     "(it reads 1, 2 and 3)"),
     ("version", True, "line 1: the export header's 'version' is true, a version this verifier does not know "
-                      "(it reads 1 and 2)"),
+                      "(it reads 1, 2 and 3)"),
 ])
 def test_a_header_of_another_format_or_an_unknown_version_is_refused(name, value, named, tmp_path, capsys):
-    """A header saying `"version": 3` or another format verified ok: neither was read."""
+    """A header saying `"version": 4` or another format verified ok: neither was read."""
     records = _export(WHOLE)
     records[0][name] = value
     assert _verify(records).problems == [named]
