@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -14,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from litestar import Litestar
 
@@ -53,37 +53,29 @@ def slow_trickle(monkeypatch) -> None:
     monkeypatch.setattr(fk, "TRICKLE_SECONDS", TRICKLE_SECONDS)
 
 
-class ExpiryJob(threading.Thread):
-    """The reservation expiry job, run every 0.1 s on its own connection, as the scheduler would."""
+class RenewalClock:
+    """The gateway's wallet engine's clock, moved on by half a hold (the keeper's cadence,
+    Exchange._keep_held) at each renewal the gateway asks, and by nothing else: the hold's expiry,
+    the renewals' and the expiry job's instants are then the same whatever the machine's load (was:
+    the wall clock, a 2 s hold renewed at 1 s that a loaded CI let expire)."""
 
-    def __init__(self, database_url: str) -> None:
-        super().__init__(daemon=True)
-        self.database_url, self.stop, self.runs = database_url, threading.Event(), []
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
 
-    def run(self) -> None:
-        async def loop() -> None:
-            db = connect(self.database_url, pool_size=1)
-            try:
-                while not self.stop.is_set():
-                    await expire_reservations(db)
-                    self.runs.append(datetime.now(UTC))
-                    await asyncio.sleep(0.1)
-            finally:
-                await db.dispose()
-
-        asyncio.run(loop())
-
-    def __enter__(self) -> ExpiryJob:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.join(timeout=10)
+    def __call__(self) -> datetime:
+        return self.now
 
 
-def _instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+def _expire_at(database_url: str, now: datetime) -> int:
+    """The reservation expiry job, run once at `now` on its own connection, as the scheduler would."""
+    async def once() -> int:
+        db = connect(database_url, pool_size=1)
+        try:
+            return await expire_reservations(db, now)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(once())
 
 
 def _stream(url: str, key: str, request_id: str, each: Any = None) -> tuple[str, float]:
@@ -100,28 +92,46 @@ def _stream(url: str, key: str, request_id: str, each: Any = None) -> tuple[str,
     return "\n".join(text), time.monotonic() - started
 
 
-def test_a_stream_several_holds_long_keeps_its_hold_until_its_settle(served, database_url, slow_trickle):
+def test_a_stream_several_holds_long_keeps_its_hold_until_its_settle(served, database_url, slow_trickle,
+                                                                     monkeypatch):
+    """The gateway's engine runs on a RenewalClock: each renewal the keeper asks moves it on by
+    HOLD_SECONDS / 2 = 1 s, so renewal k (at T0 + k s) holds until T0 + k + 2 s; the expiry job runs
+    at that clock's instant each time the test looks. By hand: the first expiry is T0 + 2; from the
+    2nd renewal on the job runs at or past it (T0 + 2, T0 + 3, ...) and finds the hold, held until
+    T0 + 4, T0 + 5, ..., still held; 40 tokens at 0.15 s are a ~6 s stream, five or so renewals (at
+    least 3 expiries seen). Settled from the hold: CHAT_CHARGE, 0.0100, nothing owed."""
     cid, key = customer((served.url, served.book))
+    clock, wallets = RenewalClock(), served.services.gateway.wallets
+    monkeypatch.setattr(wallets.engine, "clock", clock)
+    submit = wallets.submit
+
+    async def renewing(command: Any) -> Any:
+        if isinstance(command, Extend):
+            clock.now += timedelta(seconds=HOLD_SECONDS / 2)
+        return await submit(command)
+
+    monkeypatch.setattr(wallets, "submit", renewing)
     request_id = f"long-{uuid.uuid4().hex[:8]}"
-    seen: list[tuple[float, str, datetime, datetime]] = []  # (elapsed, status, expires_at, when)
+    seen: list[tuple[str, datetime, datetime]] = []  # (status, expires_at, the job's instant)
 
     def look(elapsed: float) -> None:
-        with admin(served.url) as http:
-            trace = http.get(f"/v1/audit/charges/{request_id}")
-            if trace.status_code == 200:
-                r = trace.json()["reservation"]
-                seen.append((elapsed, r["status"], _instant(r["expires_at"]), datetime.now(UTC)))
+        now = clock()
+        _expire_at(database_url, now)
+        # as stored (the API's view tells a hold past its expiry by the wall clock as expired)
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            row = conn.execute("SELECT status, expires_at FROM reservations WHERE customer_id = %s "
+                               "AND request_id = %s", (cid, request_id)).fetchone()
+        if row is not None:
+            seen.append((row[0], row[1], now))
 
-    with ExpiryJob(database_url) as job:
-        body, took = _stream(served.url, key, request_id, look)
-    assert took > 2.5 * HOLD_SECONDS and body.count("data: ") > 40
-    first_expiry = min(expires for _, _, expires, _ in seen)
-    # while it streamed, past its first expiry and with the job running after it, it stayed held
-    statuses = [status for _, status, _, _ in seen]  # its last lines may follow its settle
+    body, _ = _stream(served.url, key, request_id, look)
+    assert body.count("data: ") > 40
+    first_expiry = min(expires for _, expires, _ in seen)
+    # while it streamed, past its first expiry and with the job run after it, it stayed held
+    statuses = [status for status, _, _ in seen]  # its last lines may follow its settle
     assert statuses == ["held"] * statuses.count("held") + ["settled"] * statuses.count("settled"), seen
-    assert any(status == "held" and when > first_expiry + timedelta(seconds=1) for _, status, _, when in seen), seen
-    assert any(run > first_expiry for run in job.runs)
-    assert len({expires for _, _, expires, _ in seen}) >= 3  # renewed again and again
+    assert any(status == "held" and when >= first_expiry + timedelta(seconds=1) for status, _, when in seen), seen
+    assert len({expires for _, expires, _ in seen}) >= 3  # renewed again and again
     # settled from the hold: exactly the provider's usage, never expired, nothing owed
     assert charged(served.url, request_id) == CHAT_CHARGE
     with admin(served.url) as http:
