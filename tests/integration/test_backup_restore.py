@@ -8,6 +8,7 @@ partitions could not be attached, their rows not copied: 20 errors, an empty jou
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -15,8 +16,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -290,14 +293,8 @@ def test_a_dump_taken_while_calls_and_seals_run_restores_into_a_ledger_that_veri
         shutil.rmtree(where.name, ignore_errors=True)
 
 
-def test_tokentill_restore_goes_into_a_postgresql_16_server(server_url, migrated_template, tmp_path):
-    """README: tokentill runs on PostgreSQL 15 and later, and `tokentill restore DUMP` restores into
-    the database TOKENTILL_DATABASE_URL names. The wheel's pg_restore (18) begins every restore
-    with `SET transaction_timeout = 0`, a setting PostgreSQL 15 and 16 do not know, so every
-    restore into one stopped there: `error: pg_restore restored nothing: pg_restore: error: could
-    not execute query: ERROR:  unrecognized configuration parameter "transaction_timeout"`, exit 1.
-    Into a PostgreSQL 16 cluster (the wheel's other version) it now restores the whole ledger,
-    then says, as for any other server, that its transaction ids must pass the journal's."""
+def _ledger_dump(server_url: str, migrated_template: str, archive: Path) -> tuple[int, int]:
+    """Dump a seeded ledger (pg_dump 18, custom format) to `archive`: its journal entries and customers."""
     dump = str(embedded.bin_dir() / "pg_dump")
     with scratch_database(server_url, f"tokentill_backup_{uuid.uuid4().hex[:10]}",
                           template=migrated_template) as source:
@@ -306,13 +303,17 @@ def test_tokentill_restore_goes_into_a_postgresql_16_server(server_url, migrated
         with psycopg.connect(source) as conn:
             entries, customers = conn.execute(
                 "SELECT (SELECT count(*) FROM journal_entries), (SELECT count(*) FROM customers)").fetchone()
-        archive = tmp_path / "tokentill.dump"
         archive.write_bytes(subprocess.run([dump, "--format=custom", f"--dbname={source}"], capture_output=True,
                                            check=True).stdout)
     assert (entries, customers) > (0, 2)
-    env = {k: v for k, v in os.environ.items() if k not in ("TOKENTILL_DATABASE_URL", "PGSERVER_POSTGRES_VERSION")}
+    return entries, customers
+
+
+@contextlib.contextmanager
+def _postgresql_16(env: dict[str, str]) -> Iterator[str]:
+    """A PostgreSQL 16 cluster of the wheel (its URL), up while this process reads its stdin."""
     where = tempfile.TemporaryDirectory(prefix="tokentill-pg16-")  # one the server's user may reach
-    holder = subprocess.Popen(  # a PostgreSQL 16 server, up while this process reads its stdin
+    holder = subprocess.Popen(
         [sys.executable, "-c", "import sys; from pathlib import Path; from ledger import embedded; "
          "c = embedded.start(Path(sys.argv[1])); print(c.url, flush=True); sys.stdin.read(); c.stop()",
          str(Path(where.name) / "pg")], env={**env, "PGSERVER_POSTGRES_VERSION": "16"},
@@ -322,6 +323,26 @@ def test_tokentill_restore_goes_into_a_postgresql_16_server(server_url, migrated
         assert url, "the PostgreSQL 16 cluster started"
         with psycopg.connect(url, autocommit=True) as conn:
             assert conn.info.server_version // 10000 == 16
+        yield url
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+        shutil.rmtree(where.name, ignore_errors=True)
+
+
+def test_tokentill_restore_goes_into_a_postgresql_16_server(server_url, migrated_template, tmp_path):
+    """README: tokentill runs on PostgreSQL 15 and later, and `tokentill restore DUMP` restores into
+    the database TOKENTILL_DATABASE_URL names. The wheel's pg_restore (18) begins every restore
+    with `SET transaction_timeout = 0`, a setting PostgreSQL 15 and 16 do not know, so every
+    restore into one stopped there: `error: pg_restore restored nothing: pg_restore: error: could
+    not execute query: ERROR:  unrecognized configuration parameter "transaction_timeout"`, exit 1.
+    Into a PostgreSQL 16 cluster (the wheel's other version) it now restores the whole ledger,
+    then says, as for any other server, that its transaction ids must pass the journal's."""
+    archive = tmp_path / "tokentill.dump"
+    entries, customers = _ledger_dump(server_url, migrated_template, archive)
+    env = {k: v for k, v in os.environ.items() if k not in ("TOKENTILL_DATABASE_URL", "PGSERVER_POSTGRES_VERSION")}
+    with _postgresql_16(env) as url:
+        with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE DATABASE restored")
         target = url.replace("/postgres?", "/restored?")
         done = subprocess.run([sys.executable, "-m", "api.cli", "restore", str(archive)],
@@ -333,7 +354,59 @@ def test_tokentill_restore_goes_into_a_postgresql_16_server(server_url, migrated
         with psycopg.connect(target) as conn:
             assert conn.execute("SELECT (SELECT count(*) FROM journal_entries), "
                                 "(SELECT count(*) FROM customers)").fetchone() == (entries, customers)
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=60)
-        shutil.rmtree(where.name, ignore_errors=True)
+
+
+SYSTEM_POSTGRESQL = "postgresql://postgres@127.0.0.1:5432/postgres"  # this machine's, trust auth, where there is one
+
+
+def _readme_manual_restore() -> str:
+    """README's (Backups) sh block that restores by hand into PostgreSQL 15 or 16: the one with psql."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    backups = readme[readme.index("**Backups.**"):]
+    blocks = backups.split("```sh\n")[1:]
+    found = [block[:block.index("```")] for block in blocks[:3] if "/psql " in block]
+    assert found, "README's Backups gives a pg_restore recipe for PostgreSQL 15 and 16"
+    return found[0]
+
+
+@pytest.mark.parametrize("server", ["the wheel's 16", "the system's, 127.0.0.1:5432"])
+def test_the_readme_s_manual_restore_into_postgresql_15_or_16(server, server_url, migrated_template, tmp_path):
+    """README (Backups): `$PGBIN/pg_restore --single-transaction ... --dbname "$NEW_DATABASE_URL"`
+    stops on PostgreSQL 15 and 16 (`unrecognized configuration parameter "transaction_timeout"`,
+    nothing restored) and README gave no recipe that works there. Its commands, as written, with
+    PGBIN the wheel's programs and NEW_DATABASE_URL an empty database: into a PostgreSQL 16 cluster
+    of the wheel, and into the system's PostgreSQL where one older than 17 answers at 127.0.0.1:5432
+    (skipped, saying so, where none does). The whole ledger is there: the dump's journal entries and
+    customers, counted in the source."""
+    script = _readme_manual_restore()
+    env = {k: v for k, v in os.environ.items() if k not in ("TOKENTILL_DATABASE_URL", "PGSERVER_POSTGRES_VERSION")}
+    with contextlib.ExitStack() as stack:
+        if server.startswith("the system's"):
+            try:
+                with psycopg.connect(SYSTEM_POSTGRESQL, autocommit=True, connect_timeout=3) as conn:
+                    version = conn.info.server_version
+            except psycopg.OperationalError as exc:
+                pytest.skip(f"no PostgreSQL at 127.0.0.1:5432 (trust auth): {exc}")
+            if version >= 170000:
+                pytest.skip(f"the PostgreSQL at 127.0.0.1:5432 is {version}, not 15 or 16")
+            url = SYSTEM_POSTGRESQL
+        else:
+            url = stack.enter_context(_postgresql_16(env))
+        name = f"tokentill_manual_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        stack.callback(_drop, url, name)
+        target = urlsplit(url)._replace(path=f"/{name}").geturl()
+        archive = tmp_path / "tokentill.dump"
+        entries, customers = _ledger_dump(server_url, migrated_template, archive)
+        done = subprocess.run(["bash", "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                              env={**env, "PGBIN": str(embedded.bin_dir()), "NEW_DATABASE_URL": target})
+        assert done.returncode == 0, done.stderr[-3000:]
+        with psycopg.connect(target) as conn:
+            assert conn.execute("SELECT (SELECT count(*) FROM journal_entries), "
+                                "(SELECT count(*) FROM customers)").fetchone() == (entries, customers)
+
+
+def _drop(url: str, name: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
