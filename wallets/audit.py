@@ -472,7 +472,7 @@ _MINOR_UNITS = ", ".join(f"({_literal(code)}, {minor_unit(code)})" for code in s
 # from m on their whole ones: SA(k) - SA(m) + SW(m), SA and SW the sums from a note on of all its
 # shares and of its whole ones (0 past the last). `noted` is the all-whole sum SW(1) today.
 _NOTES = f"""
-    SELECT n.customer_id, j.metadata ->> 'period' AS period, x.share AS a,
+    SELECT n.customer_id, j.metadata ->> 'period' AS period, x.share AS a, j.recorded_at AS at, n.entry_id,
            CASE WHEN x.share % coalesce(u.unit, 1) = 0 THEN x.share ELSE 0 END AS w,
            row_number() OVER (PARTITION BY n.customer_id, j.metadata ->> 'period'
                               ORDER BY j.recorded_at, n.lane, n.entry_id) AS rn
@@ -490,12 +490,28 @@ _SUFFIXES = f"""
       FROM ({_NOTES}) t"""
 _NOTED = f"""
     SELECT customer_id, period, sw AS noted FROM ({_SUFFIXES}) s WHERE rn = 1"""
-# Every `noted` the code of some day could have written for the (customer, period) (above)
+# Every `noted` the code of some day could have written for the (customer, period) (above), with
+# the first note it counts (k)
 _NOTED_WRITTEN = f"""
     WITH s AS ({_SUFFIXES})
-    SELECT k.customer_id, k.period, k.sa - m.sa + m.sw AS noted
+    SELECT k.customer_id, k.period, k.rn AS k, k.sa - m.sa + m.sw AS noted
       FROM s k JOIN s m ON m.customer_id = k.customer_id AND m.period = k.period AND m.rn >= k.rn
-     UNION ALL SELECT customer_id, period, sa FROM s"""
+     UNION ALL SELECT customer_id, period, rn, sa FROM s"""
+# The code of the day keeps `noted` from the moment the latest note of a period whose rollup keeps
+# one was written (that note wrote it: k <= n), and no later code stops: a note recorded more than
+# NOTED_SETTLED after the earliest such moment was written by code that keeps it, so its period's
+# `noted` counts it (k at most its number; a missing row is a `noted` of 0). The margin is for a
+# deploy, when servers of the code before and after run at once. Needs the main query's `rolled`.
+NOTED_SETTLED = "1 day"
+_NOTED_KEPT = f"""
+    SELECT t.customer_id, t.period, min(t.rn) AS f, (array_agg(t.entry_id ORDER BY t.rn))[1] AS entry_id,
+           (array_agg(t.at ORDER BY t.rn))[1] AS at
+      FROM ({_NOTES}) t,
+           (SELECT min(l.last) AS since
+              FROM (SELECT customer_id, period, max(at) AS last FROM ({_NOTES}) n GROUP BY 1, 2) l
+              JOIN rolled r USING (customer_id, period) WHERE r.noted_rows > 0) s
+     WHERE t.at > s.since + interval '{NOTED_SETTLED}'
+     GROUP BY 1, 2"""
 
 
 async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
@@ -503,8 +519,9 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
     against its entries' postings; a customer's rollup, folded or not, holds items only of the
     periods its entries or its charges (a free call's: no entry) are billed in (from 0040 on,
     each charge keeps its period, and it is its entry's). Its `noted` is what the notes billed in
-    the period posted the receivable (_NOTED), where the rollup has one: a period billed only notes
-    of before 28d7d9b2 has none, and a `noted` deleted by hand is not seen."""
+    the period posted the receivable (_NOTED), where the rollup has one or where a note came more
+    than NOTED_SETTLED after code kept one (_NOTED_KEPT: a row deleted by hand reads 0); a period
+    billed only notes of before 28d7d9b2 has none."""
     if not await _billed(conn):
         return Check("period_rollups", True, "no billing periods in this schema (before migration 0017)")
     deltas, charged = await _deltas(conn), await _charge_periods(conn)
@@ -557,11 +574,17 @@ async def period_rollups_match_postings(conn: AsyncConnection) -> Check:
         SELECT format('customer %s, period %s: rollup says noted (the notes'' whole money, left out of the '
                       'close''s rounding) %s; the notes'' entries posted the receivable %s', r.customer_id, r.period,
                       r.noted, coalesce(n.noted, 0))
+               || CASE WHEN r.noted_rows = 0
+                       THEN format(' (it keeps no noted row, yet note entry %s, recorded %s, came more than '
+                                   '{NOTED_SETTLED} after a note whose period keeps one: the code of its day kept '
+                                   'it)', f.entry_id, f.at) ELSE '' END
           FROM rolled r LEFT JOIN ({_NOTED}) n USING (customer_id, period)
-         WHERE r.noted_rows > 0 AND r.noted <> coalesce(n.noted, 0)
+          LEFT JOIN ({_NOTED_KEPT}) f USING (customer_id, period)
+         WHERE (r.noted_rows > 0 OR f.f IS NOT NULL) AND r.noted <> coalesce(n.noted, 0)
            AND NOT EXISTS (SELECT 1 FROM ({_NOTED_WRITTEN}) w
                             WHERE w.customer_id = r.customer_id AND w.period = r.period
-                              AND w.noted = r.noted)""" if (await _schema(conn))["credit_notes"] else ""
+                              AND w.noted = r.noted AND (f.f IS NULL OR w.k <= f.f))""" if (
+        await _schema(conn))["credit_notes"] else ""
     return await _query_check(conn, "period_rollups", f"""
         WITH moved AS ({_MOVED}),
         rolled AS (

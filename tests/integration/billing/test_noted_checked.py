@@ -5,17 +5,18 @@ whole minor units. A `noted` changed by raw SQL would change the next close's ro
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from billing_kit import BillingKit
 from sqlalchemy import text
 from test_credit_note_not_rounded_again import YEN, _book, november_due_4, yen  # noqa: F401 (fixture)
 from test_period_deltas import fold
-from test_rerate import DEC_1, DEC_2, NOV_1, verified
+from test_rerate import DEC_1, DEC_1_GRACE_OVER, DEC_2, NOV_1, verified
 
 from wallets import rerating
 from wallets.audit import period_rollups_match_postings
+from wallets.service import CustomerSpec
 
 CID = "yen-noted"
 
@@ -101,3 +102,50 @@ async def test_a_noted_written_by_the_code_of_before_is_not_a_problem(yen: Billi
         f"customer {cid}, period 2026-12: rollup says noted (the notes' whole money, left out of the close's "
         "rounding) -2000000000; the notes' entries posted the receivable -1000000000"
     ]
+
+
+# By hand (the first test's): two customers, each a note of -1 yen billed in December (round(3) - 4),
+# each period's `noted` -1 yen (-1,000,000,000). A period's `noted` row deleted by hand was not seen
+# (the check read only the periods keeping one: before 28d7d9b2 none was kept). Now a note recorded
+# more than NOTED_SETTLED (1 day) after the latest note of a period keeping a `noted` was written by
+# code that keeps one: its period's missing row reads `noted` 0, where the notes posted -1 yen.
+async def test_a_deleted_noted_row_is_named_once_a_note_came_a_day_after_one_kept(yen: BillingKit) -> None:  # noqa: F811
+    bk, first, second = yen, "yen-noted-kept", "yen-noted-deleted"
+    for cid in (first, second):  # as november_due_4, both closed at once: each due 4
+        await bk.service.create_customer(CustomerSpec(cid, cid, "JPY", "postpaid", "yen", None, None))
+        for _ in range(3):
+            await bk.event(cid, "model-a", 1_000, 0, at=datetime(2026, 11, 10, tzinfo=UTC))
+    await bk.close(DEC_1_GRACE_OVER)
+    for cid in (first, second):
+        [november] = await bk.invoices(cid)
+        assert (november["amount_due"], november["amount_due_rounding"]) == ("4", "-0.5")
+    await bk.add_book(_book("v2", "2026-11-01T00:00:00Z", "1000"))
+    bk.clock.now = DEC_2
+    done = await rerating.apply(bk.db, bk.service.engine, rerating.RerateSpec("yen", "v2", NOV_1, DEC_1), None)
+    assert len(done["credit_notes"]) == 2
+    for cid in (first, second):
+        await fold(bk, cid)
+    found = list(
+        await bk.db.read(
+            lambda conn: conn.execute(
+                text("SELECT customer_id, entry_id FROM credit_notes WHERE customer_id IN (:a, :b)"),
+                {"a": first, "b": second},
+            )
+        )
+    )
+    entries = {cid: entry_id for cid, entry_id in found}
+    deleted = f"DELETE FROM period_rollups WHERE customer_id = '{second}' AND period = '2026-12' AND item = 'noted'"
+    earlier = f"UPDATE journal_entries SET recorded_at = recorded_at - interval '2 days' WHERE id = {entries[first]}"
+    assert await _problems(bk) == []  # guard: as written
+    # the notes written within seconds of each other: the margin for a deploy, not seen
+    assert await _problems(bk, deleted) == []
+    # the first customer's note written two days before the second's: the second's row was kept
+    (named,) = await _problems(bk, earlier, deleted)
+    assert named.startswith(
+        f"customer {second}, period 2026-12: rollup says noted (the notes' whole money, left out of the close's "
+        "rounding) 0; the notes' entries posted the receivable -1000000000 (it keeps no noted row, yet note entry "
+        f"{entries[second]}, recorded "
+    ), named
+    assert named.endswith(", came more than 1 day after a note whose period keeps one: the code of its day kept it)")
+    assert await _problems(bk, earlier) == []  # guard: the rows kept, no problem
+    await verified(bk)
