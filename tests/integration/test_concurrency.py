@@ -150,20 +150,22 @@ async def test_a_holder_that_hangs_inside_its_transaction_loses_its_locks(databa
     so one hung process cannot stop every wallet write for good."""
     hung = connect(database_url, pool_size=1, idle_in_transaction_ms=300)
     lock = lock_key(f"hang:{tag}")
+    inside = asyncio.Event()
 
     async def hang(conn):
         await conn.exec_driver_sql("SELECT 1")
+        inside.set()  # in its transaction: the lock, taken before it, is held
         await asyncio.sleep(3)  # a process frozen mid-transaction
         await conn.exec_driver_sql("SELECT 1")
 
     holder = asyncio.create_task(hung.run(hang, locks=[lock]))
-    await asyncio.sleep(0.1)
     other = connect(database_url, pool_size=1)
     try:
         async with other.engine.connect() as conn:
-            taken = (await conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)", (lock,))).scalar()
-            assert taken is False  # held, for now
-            for _ in range(40):
+            # Not a fixed wait then a try of the lock: under load the holder may not have taken it
+            # yet (the try takes it, "held" fails), or the server may already have ended it.
+            await asyncio.wait_for(inside.wait(), 60)
+            for _ in range(600):  # a ceiling: the hung work's own end (3 s) frees it too, and fails below
                 await asyncio.sleep(0.1)
                 if (await conn.exec_driver_sql("SELECT pg_try_advisory_lock(%s)", (lock,))).scalar():
                     break
