@@ -52,6 +52,8 @@ def parse_time(value: object, name: str = "effective_from") -> datetime:
             value = datetime.fromisoformat(uppercase_z(value))
         except ValueError:
             raise PriceBookValidationError(name, "not an RFC 3339 date-time") from None
+    if value is None:  # absent: it was told it "must be an RFC 3339 date-time", as if one were sent
+        raise PriceBookValidationError(name, "is required: an RFC 3339 date-time with a UTC offset")
     if not isinstance(value, datetime) or value.tzinfo is None or value.utcoffset() is None:
         raise PriceBookValidationError(name, "must be an RFC 3339 date-time with a UTC offset")
     try:

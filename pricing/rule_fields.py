@@ -32,6 +32,26 @@ def checked_price(value: object, name: str, errors: list[dict[str, str]]) -> Dec
     return price
 
 
+_DECIMAL = re.compile(r"(-?)([0-9]+)((?:\.[0-9]+)?)")  # ASCII, as pricing.money reads one
+
+
+def unplain_problem(value: object) -> str | None:
+    """What keeps a decimal string `to_decimal` reads from the plain form the API takes for a price
+    or a percent (api.routes.formats.PRICE): a leading zero ("01", "00.5") or a zero's sign ("-0"),
+    with the form to write instead; None for anything else (a plain one, a negative one, not a
+    decimal: `checked_price` words those). Stored versions are read by checked_price alone."""
+    form = _DECIMAL.fullmatch(value) if isinstance(value, str) else None
+    if form is None:
+        return None
+    sign, whole, fraction = form.groups()
+    plain = (whole.lstrip("0") or "0") + fraction
+    if sign and Decimal(value) == 0:  # type: ignore[arg-type]
+        return f"not a plain decimal number: {value!r} is 0 with a sign (write {plain!r})"
+    if not sign and plain != value:
+        return f"not a plain decimal number: {value!r} has a leading zero (write {plain!r})"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class PromptTier:
     """Format 2: every unit of a call is priced at ``price`` once the call's prompt (all its

@@ -19,7 +19,17 @@ from api.errors import documented
 from api.routes import cursors
 from api.routes.formats import AMOUNT_TEXT, IDENTIFIER, POSITIVE_AMOUNT, PRICE, DateTime, free_text
 from api.routes.schemas import BIGINT, MAX_DIMENSION_TEXT, Dimension, json_body
-from api.routes.wire import Answer, bound_in, idempotency, respond, shaped, time_in, time_out, time_param
+from api.routes.wire import (
+    Answer,
+    bound_in,
+    idempotency,
+    refused_in_words,
+    respond,
+    shaped,
+    time_in,
+    time_out,
+    time_param,
+)
 from ledger.db import lock_key
 from pricing.books import (
     MAX_CONTEXT_WINDOW,
@@ -32,7 +42,6 @@ from pricing.books import (
     TOKEN_TYPES,
     PriceVersion,
 )
-from pricing.errors import PriceBookValidationError
 from pricing.parse import parse_version
 from pricing.units import FORMAT_1_TYPES
 from wallets import books
@@ -151,18 +160,13 @@ class PriceBookResponse(msgspec.Struct):
 
 def _valid(data: dict[str, Any]) -> PriceVersion:
     """The body, parsed, once valid. The schema's checks come first, so that pricing never reads a
-    shape it cannot (a list for `match`, say); where they fail, pricing's own list every bad field."""
+    shape it cannot (a list for `match`, say); where they fail, pricing's own list every bad field
+    (wire.refused_in_words)."""
     try:
         shaped(data, PriceBookRequest)
         time_in(data["effective_from"], "effective_from")
     except WalletValidationError as shape_error:
-        try:
-            parse_version(data)
-        except PriceBookValidationError:
-            raise
-        except (TypeError, ValueError, AttributeError):
-            pass  # a shape pricing cannot read at all: the schema's error names it
-        raise shape_error from None
+        refused_in_words(shape_error, data, parse_version)
     return parse_version(data)
 
 

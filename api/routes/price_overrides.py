@@ -16,11 +16,12 @@ from api.auth import require
 from api.errors import documented
 from api.routes.formats import POSITIVE_AMOUNT, PRICE, DateTime, documented_as, free_text
 from api.routes.schemas import json_body
-from api.routes.wire import Answer, amount_in, bound_in, idempotency, respond, shaped, time_out
+from api.routes.wire import Answer, amount_in, bound_in, idempotency, refused_in_words, respond, shaped, time_out
 from pricing.books import TOKEN_TYPES
 from pricing.override_versions import MAX_ITEMS, parse_overrides
 from wallets import price_overrides
 from wallets.core.idempotency import CREATED, EXISTS
+from wallets.errors import WalletValidationError
 
 Id = Annotated[str, msgspec.Meta(min_length=1, max_length=100), free_text()]
 Model = Annotated[str, msgspec.Meta(min_length=1, max_length=200, description="a model, or a pattern with `*`"),
@@ -95,7 +96,10 @@ async def put_price_overrides(state: State, request: Request, customer_id: FromP
     the latest version (without `effective_from`, or with its own) answer 200 with that version.
     Usage is rated with the version in force at its own time, so a version never changes what
     earlier usage was charged: `effective_from` must be after the latest version's."""
-    body = shaped(data, PutPriceOverridesRequest)
+    try:
+        body = shaped(data, PutPriceOverridesRequest)
+    except WalletValidationError as shape_error:  # "01", "-0": in words, not the schema's pattern
+        refused_in_words(shape_error, data, parse_overrides)
     at = bound_in(body.effective_from, "effective_from")  # finer than a microsecond: the next one
     for i, allowance in enumerate(body.free_allowances):
         amount_in(allowance.amount, f"free_allowances[{i}].amount")

@@ -13,7 +13,7 @@ from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
 import msgspec
@@ -39,9 +39,10 @@ from api.routes.formats import (
 )
 from ledger.db import Database
 from ledger.model import CANONICAL_JSON
-from pricing.errors import InvalidAmountError
+from pricing.errors import InvalidAmountError, PriceBookValidationError, field_error
 from pricing.money import CURRENCY_MINOR_UNITS, FINER, amount_problem, format_money, minor_unit_text, parse_amount
 from pricing.parse import parse_time, rounded_up, uppercase_z
+from pricing.rule_fields import unplain_problem
 from pricing.text import text_problem
 from pricing.usage import NOT_A_DIMENSION_VALUE, NOT_AN_INTEGER
 from wallets import reports, store
@@ -357,6 +358,35 @@ def checked(data: Any, type_: Any = None) -> Any:
         field, message, text = wrong[0]
         raise (TextRuleError if text else WalletValidationError)(field, message)
     return data
+
+
+def refused_in_words(shape_error: WalletValidationError, data: Any, parse: Callable[[Any], object]) -> NoReturn:
+    """A priced body (a book version, price overrides) the schema refused, in pricing's words where
+    `parse` refuses it too (every bad field at once), or where a price or percent is a decimal
+    pricing reads but not in the plain form the schema takes ("01", "-0":
+    pricing.rule_fields.unplain_problem); else the schema's own error. msgspec's words for those
+    quoted the whole pattern ("Expected `str` matching regex '^(?:(?:0|[1-9]...")."""
+    try:
+        parse(data)
+    except PriceBookValidationError:
+        raise
+    except (TypeError, ValueError, AttributeError):
+        raise shape_error from None  # a shape pricing cannot read at all: the schema's error names it
+    unplain = [field_error(where, said) for where, value in _prices(data) if (said := unplain_problem(value))]
+    if unplain:
+        raise PriceBookValidationError(unplain) from None
+    raise shape_error from None
+
+
+def _prices(node: Any, where: str = "") -> Iterator[tuple[str, Any]]:
+    """Each `price` and `percent` in a decoded body, with where it is (`rules[0].tiers[1].price`)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            at = f"{where}.{key}" if where else str(key)
+            yield from [(at, value)] if key in ("price", "percent") else _prices(value, at)
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _prices(value, f"{where}[{i}]")
 
 
 def shaped(data: Any, type_: Any) -> Any:
