@@ -93,7 +93,8 @@ Body = Annotated[dict[str, Any], json_body(PutPriceOverridesRequest)]
 async def put_price_overrides(state: State, request: Request, customer_id: FromPath[str],
                               data: Body) -> Response[PriceOverridesVersionResponse]:
     """Append a version of the customer's overrides (admin). 201 with it; the same overrides as
-    the latest version (without `effective_from`, or with its own) answer 200 with that version.
+    the latest version answer 200 with that version at its own `effective_from`, or without one
+    while it is in force (one scheduled later is not in force "now": 422 on `effective_from`).
     Usage is rated with the version in force at its own time, so a version never changes what
     earlier usage was charged: `effective_from` must be after the latest version's."""
     try:
