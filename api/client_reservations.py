@@ -165,28 +165,12 @@ class _Reservation:
         return self._meter
 
     def record(self, *, openai_usage: Any = None, anthropic_usage: Any = None, gemini_usage: Any = None,
-               **canonical: int) -> None:
+               **canonical: Any) -> None:
         """Record the provider's usage (verbatim: a dict, or its SDK's object, `response.usage`) or
-        canonical token counts; it wins over the meter. Nothing at all is a ValueError (the
-        service refuses usage that gives no count): a call that used nothing records zeros."""
-        if openai_usage is None and anthropic_usage is None and gemini_usage is None and not canonical:
-            raise ValueError('no usage to record: give the counts, 0 where the call used nothing '
-                             '(record(input_tokens=0, output_tokens=0))')
-        if openai_usage is not None:
-            usage = {"openai_usage": plain_usage(openai_usage)}
-        elif anthropic_usage is not None:
-            usage = {"anthropic_usage": plain_usage(anthropic_usage)}
-        elif gemini_usage is not None:
-            usage = {"gemini_usage": plain_usage(gemini_usage)}
-        else:
-            for name, value in canonical.items():  # refused here, not at the block's exit far from the call
-                if name in TIER_FIELDS and (value is None or isinstance(value, str)):
-                    continue
-                if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-                    raise TypeError(f"record({name}=...): a count is a whole number, not {value!r}; a provider's "
-                                    "usage goes as openai_usage=, anthropic_usage= or gemini_usage=")
-            usage = {"usage": dict(canonical)}
-        self._usage = checked_usage(usage)
+        canonical token counts; it wins over the meter. Nothing at all is a ValueError (the service
+        refuses usage that gives no count): a call that used nothing records zeros."""
+        self._usage = usage_body("record", openai_usage=openai_usage, anthropic_usage=anthropic_usage,
+                                 gemini_usage=gemini_usage, canonical=canonical)
 
     def _prompt_tokens(self) -> int:
         estimate = self._body.get("estimate", {})
@@ -222,10 +206,11 @@ class _Reservation:
         body = self._usage or {"usage": {"input_tokens": self._prompt_tokens(), "output_tokens": metered}}
         return f"/v1/reservations/{self.id}/settle", {**body, "final": True}, self._key("settle")
 
-    def _capture_call(self, usage: dict[str, int]) -> tuple[str, dict[str, Any], str]:
+    def _capture_call(self, usage: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+        """A capture of `usage` (usage_body's, checked as `record()`'s is): (path, body, key)."""
         self._captures += 1
         key = self._key("capture")  # also the capture_id, so no API key can charge it twice
-        return f"/v1/reservations/{self.id}/settle", {"usage": usage, "final": False, "capture_id": key}, key
+        return f"/v1/reservations/{self.id}/settle", {**usage, "final": False, "capture_id": key}, key
 
     def _hold_left_s(self) -> float | None:
         """Seconds until the hold expires, by the local clock since the reserve (no clock skew)."""
@@ -264,9 +249,13 @@ class Reservation(_Reservation):
         self._entered_at = time.monotonic()
         return self
 
-    def capture(self, **usage: int) -> dict[str, Any] | None:
-        """Charge part of the usage now and keep the hold open (agent loops, long streams)."""
-        path, body, key = self._capture_call(usage)
+    def capture(self, *, openai_usage: Any = None, anthropic_usage: Any = None, gemini_usage: Any = None,
+                **canonical: Any) -> dict[str, Any] | None:
+        """Charge part of the usage now and keep the hold open (agent loops, long streams); the
+        usage in any form `record()` takes, checked as it checks it."""
+        path, body, key = self._capture_call(usage_body(
+            "capture", openai_usage=openai_usage, anthropic_usage=anthropic_usage, gemini_usage=gemini_usage,
+            canonical=canonical))
         return self._client._settle_or_release(path, body, key, self.id, self._hold_left_s())
 
     def extend(self, ttl_seconds: int) -> dict[str, Any]:
@@ -293,8 +282,11 @@ class AsyncReservation(_Reservation):
         self._entered_at = time.monotonic()
         return self
 
-    async def capture(self, **usage: int) -> dict[str, Any] | None:
-        path, body, key = self._capture_call(usage)
+    async def capture(self, *, openai_usage: Any = None, anthropic_usage: Any = None, gemini_usage: Any = None,
+                      **canonical: Any) -> dict[str, Any] | None:
+        path, body, key = self._capture_call(usage_body(
+            "capture", openai_usage=openai_usage, anthropic_usage=anthropic_usage, gemini_usage=gemini_usage,
+            canonical=canonical))
         return await self._client._settle_or_release(path, body, key, self.id, self._hold_left_s())
 
     async def extend(self, ttl_seconds: int) -> dict[str, Any]:
@@ -384,14 +376,66 @@ def queued_settle(body: dict[str, Any]) -> dict[str, Any]:
     return body
 
 
-def plain_usage(usage: Any) -> dict[str, Any]:
+def usage_body(call: str, *, openai_usage: Any = None, anthropic_usage: Any = None, gemini_usage: Any = None,
+               canonical: Mapping[str, Any]) -> dict[str, Any]:
+    """The usage of `record()` and of a capture (sync and async), as a settle's body carries it,
+    `{form: value}`, once the server's own rules take it (checked_usage): one of a provider's usage
+    (its SDK's object or a mapping) or canonical counts (`canonical`, the call's keywords); else a
+    ValueError (a TypeError for a value of the wrong type) naming the argument, at the call. A
+    capture built its own body, so `capture(openai_usage=...)` went as a canonical count named
+    `openai_usage`, 422 where `record(openai_usage=...)` settled."""
+    given = [(f"{form}=", form, value) for form, value in (
+        ("openai_usage", openai_usage), ("anthropic_usage", anthropic_usage), ("gemini_usage", gemini_usage))
+        if value is not None]
+    if canonical:
+        given.append((", ".join(f"{name}=" for name in canonical), "usage", canonical))
+    if not given:
+        raise ValueError(f"no usage to {call}: give the counts, 0 where the call used nothing "
+                         f"({call}(input_tokens=0, output_tokens=0))")
+    if len(given) > 1:
+        raise ValueError(f"{call}(...): give one usage, not {' and '.join(label for label, _, _ in given)}: a "
+                         "provider's usage as openai_usage=, anthropic_usage= or gemini_usage=, or canonical counts")
+    [(_, form, value)] = given
+    if form != "usage":
+        return checked_usage({form: plain_usage(value, call, form)}, call)
+    for name, count in value.items():  # refused here, not at the block's exit far from the call
+        if name == "usage":  # settle's keyword, which `record` and `capture` have not
+            raise TypeError(f"{call}(usage=...): {call}() takes canonical counts as keywords, "
+                            f"{call}(input_tokens=1000, output_tokens=400) ({call}(**counts) for a mapping), or a "
+                            "provider's usage as openai_usage=, anthropic_usage= or gemini_usage=; usage= is "
+                            f"tt.settle's (given {_described(count)})")
+        if name in TIER_FIELDS and (count is None or isinstance(count, str)):
+            continue
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+            raise TypeError(f"{call}({name}=...): a count is a whole number, not {count!r}; a provider's "
+                            "usage goes as openai_usage=, anthropic_usage= or gemini_usage=")
+    return checked_usage({"usage": dict(value)}, call)
+
+
+def plain_usage(usage: Any, call: str = "settle", form: str = "usage") -> dict[str, Any]:
     """A usage object as JSON data: a mapping, or a provider SDK's own object (a pydantic model,
     such as openai's CompletionUsage or anthropic's Usage, nested details and all). Raises
-    TypeError here, where it is given, for anything that cannot be sent."""
+    TypeError here, where it is given, naming `call` and `form`, for anything that cannot be sent
+    (it was Python's own words: `'int' object is not iterable` for `openai_usage=42`)."""
     dump = getattr(usage, "model_dump", None)
-    data = dump(mode="json", by_alias=True, exclude_none=True) if callable(dump) else dict(usage)
-    json.dumps(data)
+    if callable(dump):
+        data = dump(mode="json", by_alias=True, exclude_none=True)
+    elif isinstance(usage, Mapping):
+        data = dict(usage)
+    else:
+        takes = ("a mapping of canonical counts" if form == "usage"
+                 else "the provider's usage as its SDK gives it (response.usage) or a mapping")
+        raise TypeError(f"{call}({form}=...): takes {takes}, not {_described(usage)}")
+    try:
+        json.dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{call}({form}=...): it cannot be sent as JSON: {exc}") from None
     return data
+
+
+def _described(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
 
 
 # A reserve answered 200 (not 201) is an earlier call's, under the same request id: a server
@@ -477,7 +521,8 @@ def settle_call(reservation_id: str, final: bool, key: str | None,
         if not final and len(key) > MAX_CAPTURE_ID_CHARS:
             raise ValueError(f"key=...: a capture's key is its capture_id, which the server takes up to "
                              f"{MAX_CAPTURE_ID_CHARS} characters, not {len(key)}")
-    body: dict[str, Any] = {**{name: plain_usage(value) for name, value in usage.items()}, "final": final}
+    body: dict[str, Any] = {**{name: plain_usage(value, "settle", name) for name, value in usage.items()},
+                            "final": final}
     key = key or (final_settle_key(reservation_id, body) if final else f"{reservation_id}:capture:{uuid.uuid4().hex}")
     body.update({} if final else {"capture_id": key})
     for name in usage:  # a foreground settle too: its sender cannot encode it, the server could not read it
