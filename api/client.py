@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -202,6 +203,44 @@ def base_url_problem(base_url: str, name: str = "base_url") -> str | None:
     return None
 
 
+def seconds_problem(name: str, value: object, *, zero: bool = False) -> str | None:
+    """Why `value` is no option of seconds `name`, or None: a finite number, more than 0 (or 0 too,
+    with `zero`)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+            and (value > 0 or (zero and value == 0)):
+        return None
+    return f"{name} must be a finite number of seconds, {'0 or more' if zero else 'more than 0'}, not {value!r}"
+
+
+def checked_timeout(timeout: float | httpx.Timeout | None) -> None:
+    """A client's `timeout`, else a ValueError naming it: one of 0 failed every call at once
+    (`ConnectError`, so every settle was spooled), a negative one or a NaN at its first call
+    (`ValueError: Timeout value out of range`), an infinity there too (`OverflowError`). None (no
+    timeout, as httpx has it) and an `httpx.Timeout` go to httpx as they are."""
+    if timeout is not None and not isinstance(timeout, httpx.Timeout) \
+            and (problem := seconds_problem("timeout", timeout)):
+        raise ValueError(problem)
+
+
+def options_problem(options: Mapping[str, object]) -> str | None:
+    """Why a client's numeric options cannot work, or None: `retries` is a whole number, 0 or more;
+    `backoff_s` and `max_backoff_s` more than 0 (a 0 is a retry loop that never waits), a settle
+    deadline more than 0; the other waits 0 or more (none a NaN or an infinity)."""
+    retries = options["retries"]
+    if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+        return f"retries must be a whole number, 0 or more, not {retries!r}"
+    for name in ("backoff_s", "max_backoff_s"):
+        if problem := seconds_problem(name, options[name]):
+            return problem
+    if options["settle_deadline_s"] is not None and (problem := seconds_problem(
+            "settle_deadline_s", options["settle_deadline_s"])):
+        return problem
+    for name in ("max_retry_after_s", "retry_budget_s", "settle_margin_s", "drain_timeout_s"):
+        if problem := seconds_problem(name, options[name], zero=True):
+            return problem
+    return None
+
+
 class _Base:
     """What both clients share: requests, retry schedules, the spool."""
 
@@ -214,6 +253,12 @@ class _Base:
         if problem := key_problem("api_key", api_key):  # else every call failed in httpx or h11, settles spooled
             raise ValueError(problem)
         if problem := base_url_problem(base_url):  # else every call went elsewhere (404), settles spooled
+            raise ValueError(problem)
+        if problem := options_problem({  # else retried at once, or never, or waited forever
+                "retries": retries, "backoff_s": backoff_s, "max_backoff_s": max_backoff_s,
+                "max_retry_after_s": max_retry_after_s, "retry_budget_s": retry_budget_s,
+                "settle_deadline_s": settle_deadline_s, "settle_margin_s": settle_margin_s,
+                "drain_timeout_s": drain_timeout_s}):
             raise ValueError(problem)
         self._base_url, self._retries, self._retry_budget_s = base_url.rstrip("/"), retries, retry_budget_s
         self._policy = RetryPolicy(backoff_s, max_backoff_s, max_retry_after_s)
@@ -345,7 +390,9 @@ class Client(_Base, JournalReads):
     sends the queue (api/background.py); `close` drains it for at most `drain_timeout_s`."""
 
     def __init__(self, base_url: str, api_key: str, *, transport: httpx.BaseTransport | None = None,
-                 timeout: float = 10.0, flush_spool: bool = True, **kwargs: Unpack[ClientOptions]) -> None:
+                 timeout: float | httpx.Timeout | None = 10.0, flush_spool: bool = True,
+                 **kwargs: Unpack[ClientOptions]) -> None:
+        checked_timeout(timeout)  # else every call failed (0), or failed at the first call (< 0, NaN, inf)
         super().__init__(base_url, api_key, **kwargs)
         self._transport, self._timeout, self._pid = transport, timeout, os.getpid()
         self._http = httpx.Client(transport=transport, timeout=timeout)
@@ -563,7 +610,9 @@ class AsyncClient(_Base, AsyncJournalReads):
     in the spool."""
 
     def __init__(self, base_url: str, api_key: str, *, transport: httpx.AsyncBaseTransport | None = None,
-                 timeout: float = 10.0, flush_spool: bool = True, **kwargs: Unpack[ClientOptions]) -> None:
+                 timeout: float | httpx.Timeout | None = 10.0, flush_spool: bool = True,
+                 **kwargs: Unpack[ClientOptions]) -> None:
+        checked_timeout(timeout)  # else every call failed (0), or failed at the first call (< 0, NaN, inf)
         super().__init__(base_url, api_key, **kwargs)
         self._transport, self._timeout, self._flush_spool = transport, timeout, flush_spool
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop it serves, from its first call
