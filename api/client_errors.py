@@ -33,9 +33,13 @@ def field(name: str) -> Any:
 
 
 class InsufficientFunds(TokentillError):
-    """The wallet cannot cover the hold (402): whose wallet and which request id."""
+    """The wallet cannot cover the hold (402): whose wallet and which request id, what the hold
+    `needed`, the wallet's `available` credit and, with an overdraft limit, its `overdraft_headroom`
+    (decimal strings in `currency`; None from a server before them)."""
 
     customer_id, request_id = field("customer_id"), field("request_id")
+    needed, available, overdraft_headroom, currency = (field("needed"), field("available"),
+                                                       field("overdraft_headroom"), field("currency"))
 
 
 class BudgetExceeded(TokentillError):
@@ -111,16 +115,70 @@ class ImplausibleUsage(TokentillError):
     limit, maximum, value, source = field("limit"), field("maximum"), field("value"), field("source")
 
 
-class CurrencyMismatch(TokentillError): ...
-class Overpayment(TokentillError): ...
-class InvalidRange(TokentillError): ...
-class VersionNotInForce(TokentillError): ...
+class CurrencyMismatch(TokentillError):
+    """An amount in another currency than what it is for: the `currency` it is in, and whose it is
+    (`customer_id`, `invoice_id`, or the request's `field`), as the refusal names them."""
+
+    currency, customer_id, invoice_id, field = (field("currency"), field("customer_id"), field("invoice_id"),
+                                                field("field"))
+
+
+class Overpayment(TokentillError):
+    """A payment above what is still due: the `invoice_id` and its `amount_due` (a decimal string)."""
+
+    invoice_id, amount_due = field("invoice_id"), field("amount_due")
+
+
+class InvalidRange(TokentillError):
+    """An empty or inverted range: its bounds, `from_` and `to` (the problem's `from` and `to`)."""
+
+    from_, to = field("from"), field("to")
+
+
+class VersionNotInForce(TokentillError):
+    """A corrected version not in force throughout the range: the `price_book`, its `version` and
+    when that version is in force, `effective_from` to `effective_until` (None: still in force)."""
+
+    price_book, version = field("price_book"), field("version")
+    effective_from, effective_until = field("effective_from"), field("effective_until")
+
+
 class EndpointDisabled(TokentillError): ...
-class TooManyBudgets(TokentillError): ...
-class GrantClosed(TokentillError): ...
-class GrantNotReversible(TokentillError): ...
-class ExceedsRemaining(TokentillError): ...
-class ExceedsRefundable(TokentillError): ...
+
+
+class TooManyBudgets(TokentillError):
+    """The customer (`customer_id`) has as many live budgets set by `set_by` as one may (`limit`)."""
+
+    customer_id, set_by, limit = field("customer_id"), field("set_by"), field("limit")
+
+
+class GrantClosed(TokentillError):
+    """The lot (`grant_id`) has nothing left to give back: its `state`, expired, emptied or revoked."""
+
+    grant_id, state = field("grant_id"), field("state")
+
+
+class GrantNotReversible(TokentillError):
+    """The lot (`grant_id`) is credit tokentill opened itself, by the entry of kind `opened_by`."""
+
+    grant_id, opened_by = field("grant_id"), field("opened_by")
+
+
+class ExceedsRemaining(TokentillError):
+    """A reversal of more than what is left of the lot (`grant_id`) and not held: `available` and
+    `asked` (decimal strings) in `currency`."""
+
+    grant_id, available, asked, currency = field("grant_id"), field("available"), field("asked"), field("currency")
+
+
+class ExceedsRefundable(TokentillError):
+    """A refund of more than the customer's (`customer_id`) overpaid cash: `refundable` and `asked`
+    (decimal strings) in `currency`."""
+
+    customer_id, refundable, asked = field("customer_id"), field("refundable"), field("asked")
+    currency = field("currency")
+
+
 class TooManyEvents(TokentillError): ...
 class InvalidCursor(TokentillError): ...
 class EncodingIntegrity(TokentillError): ...

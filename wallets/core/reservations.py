@@ -76,8 +76,9 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
     kept = idempotency.check(state.answers.get((cmd.scope, cmd.request_id)), cmd.request_hash,
                              f"request_id {cmd.request_id}", request_id=cmd.request_id)
     if kept is not None:
-        if kept.code == InsufficientFundsError.code:
-            return Decision.refuse(InsufficientFundsError(kept.body["detail"], **error_context))
+        if kept.code == InsufficientFundsError.code:  # its amounts as first answered (none kept before them)
+            amounts = {k: kept.body[k] for k in SHORT_OF_FUNDS if k in kept.body}
+            return Decision.refuse(InsufficientFundsError(kept.body["detail"], **error_context, **amounts))
         summary = _as_now(w, ReservationSummary(**kept.body), now)
         return Decision(Outcome(REPLAYED, ReserveResult(summary, replayed=True, held_at=_held_at(w, summary.id))))
     if cmd.kept_only:
@@ -126,8 +127,9 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
         pieces = (f"wallet {w.customer.id} has nothing to draw ({_nothing_to_draw(w)}): a hold of 0 "
                   f"starts only a call its prices make free, and {cmd.model} is not free for this customer")
     if isinstance(pieces, str):
-        return Decision.refuse(InsufficientFundsError(pieces, **error_context), AnswerKept(
-            cmd.scope, cmd.request_id, cmd.request_hash, InsufficientFundsError.code, {"detail": pieces}))
+        amounts = short_of_funds(w, amount, now)
+        return Decision.refuse(InsufficientFundsError(pieces, **error_context, **amounts), AnswerKept(
+            cmd.scope, cmd.request_id, cmd.request_hash, InsufficientFundsError.code, {"detail": pieces, **amounts}))
     decision = _hold(w, cmd, rid, amount, pieces, now, (prompt, cmd.max_output_tokens), held_at)
     return Decision(decision.outcome, decision.entry, (*decision.effects, *counted))
 
@@ -235,6 +237,21 @@ def _free_at(book: PriceBook, cmd: Reserve, dimensions: dict[str, Any], now: dat
         except PricingError:
             return False
     return False
+
+
+# The amounts an insufficient_funds refusal of a hold names (decimal strings, as the wallet's own
+# answer spells money), kept with it so that its replays name them as first answered.
+SHORT_OF_FUNDS = ("needed", "available", "overdraft_headroom", "currency")
+
+
+def short_of_funds(w: Wallet, amount: int, now: datetime) -> dict[str, str]:
+    """What a refused hold needed and what the wallet had: its `available` credit (the wallet's
+    `available`) and, where it has an overdraft limit (more than 0), the `overdraft_headroom` left
+    under it, as the refusal's detail says them."""
+    cur, headroom = w.customer.currency, w.headroom()
+    return {"needed": format_money(amount, cur), "available": format_money(w.available(now), cur),
+            **({"overdraft_headroom": format_money(headroom, cur)} if w.customer.overdraft_limit else {}),
+            "currency": cur}
 
 
 def _pieces(w: Wallet, amount: int, now: datetime) -> list[tuple[str, int]] | str:
