@@ -156,26 +156,36 @@ class Database:
         """
         if lead is not None and not locks:
             raise ValueError("a lead read rides in the locks' round trip: give locks")
+
+        async def once() -> T:
+            if not locks:
+                async with self.engine.begin() as conn:
+                    return await work(conn)
+            keys = sorted(set(locks))
+            if lead is None:
+                return await self._run_locked(work, keys, None)
+            if self.leads_refused:
+                return await self._run_locked(lambda conn: work(conn, None), keys, None)
+            sent = lead()
+            try:
+                return await self._run_locked(work, keys, sent)
+            except Exception as exc:  # before the work began: the function was not there, or refused
+                state = sqlstate_of(exc)
+                if state == LEAD_REFUSED and self.leads_refused:  # its CREATE was: read without it
+                    return await self._run_locked(lambda conn: work(conn, None), keys, None)
+                if state != LEAD_MISSING:
+                    raise
+            return await self._run_locked(work, keys, sent)
+
+        return await self._retried(once)
+
+    async def _retried(self, once: Callable[[], Awaitable[T]]) -> T:
+        """`once()` (one whole transaction), run again after a serialization failure, a deadlock or
+        an idle transaction the server ended (RETRYABLE), with a jittered backoff, up to `attempts`
+        times: RetriesExhaustedError once they are spent."""
         for attempt in range(1, self.attempts + 1):
             try:
-                if not locks:
-                    async with self.engine.begin() as conn:
-                        return await work(conn)
-                keys = sorted(set(locks))
-                if lead is None:
-                    return await self._run_locked(work, keys, None)
-                if self.leads_refused:
-                    return await self._run_locked(lambda conn: work(conn, None), keys, None)
-                sent = lead()
-                try:
-                    return await self._run_locked(work, keys, sent)
-                except Exception as exc:  # before the work began: the function was not there, or refused
-                    state = sqlstate_of(exc)
-                    if state == LEAD_REFUSED and self.leads_refused:  # its CREATE was: read without it
-                        return await self._run_locked(lambda conn: work(conn, None), keys, None)
-                    if state != LEAD_MISSING:
-                        raise
-                return await self._run_locked(work, keys, sent)
+                return await once()
             except Exception as exc:
                 state = sqlstate_of(exc)
                 if state not in RETRYABLE:
@@ -245,15 +255,18 @@ class Database:
 
     async def committed(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run `work` in one READ COMMITTED transaction: for bookkeeping beside the ledger (webhook
-        deliveries) that must never abort a SERIALIZABLE writer, which SSI lets it not do."""
-        try:
+        deliveries) that must never abort a SERIALIZABLE writer, which SSI lets it not do. Retried
+        whole, as run() is, on a deadlock or a serialization failure (RETRYABLE): `work` may run
+        several times, its only effects inside the transaction (a 40P01 in a webhook PATCH was a 500
+        internal_error, and in the dispatcher an attempt left unrecorded)."""
+
+        async def once() -> T:
             async with self.engine.connect() as conn:
                 conn = await conn.execution_options(isolation_level="READ COMMITTED")
                 async with conn.begin():
                     return await work(conn)
-        except Exception as exc:
-            await self._renew_if_read_only(sqlstate_of(exc))
-            raise
+
+        return await self._retried(once)
 
     async def _renew_if_read_only(self, state: str | None) -> None:
         """A read-only session (25006) stays one: replace the pool's, so that the next use

@@ -282,6 +282,10 @@ async def redrive_webhooks(
                                     "must not be before since and since_event_id")
 
     async def work(conn: AsyncConnection) -> RedriveResponse:
+        # its row first, as a PATCH or DELETE of it locks it before its deliveries: one order (a
+        # re-drive updating them in the window's order deadlocked with one in scan order), and its
+        # status read once a disable racing it has committed (it queued for a disabled endpoint)
+        await endpoints.lock_endpoint(conn, endpoint_id, fan_out=False)
         endpoint = await endpoints.get(conn, endpoint_id)
         if endpoint.status != "enabled":
             raise EndpointDisabledError(f"webhook endpoint {endpoint_id} is disabled ({endpoint.disabled_reason}): "

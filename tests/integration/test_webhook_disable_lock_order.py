@@ -3,7 +3,7 @@ endpoint's PATCH of `topics` or DELETE (which cancel its pending deliveries) tak
 one order: the fan-out's cursor, the endpoint's row, then its deliveries. The dispatcher took the
 delivery's row first (recording the attempt) and the cursor after it, while the PATCH or DELETE
 held the cursor and waited on that delivery: a deadlock (40P01). Both run in Database.committed,
-which retries nothing: the PATCH or DELETE that lost answered 500 internal_error, or the
+which retried nothing then: the PATCH or DELETE that lost answered 500 internal_error, or the
 dispatcher's round failed, the attempt unrecorded (its lease ran out and the event was sent
 again) and the endpoint left enabled."""
 
@@ -25,7 +25,7 @@ ROUNDS = 20  # each side's first statement sent together: before, most rounds de
 
 
 def _retried() -> float:
-    """Transactions retried after a 40P01 (none does in Database.committed, today: counted all the same)."""
+    """Transactions retried after a 40P01 (Database.committed retries them now: none should need to)."""
     return sum(
         s.value
         for m in RETRIES.collect()

@@ -190,9 +190,10 @@ async def lock_endpoint(conn: AsyncConnection, endpoint_id: str, *, fan_out: boo
     read), the endpoint's row, then (the caller's statements) its deliveries. The dispatcher's
     last failed attempt of a delivery, which disables the endpoint, took the delivery's row first
     and the cursor after it, while a PATCH of topics or a DELETE held the cursor and waited on
-    that delivery to cancel it: a deadlock (40P01), and neither is retried (Database.committed):
+    that delivery to cancel it: a deadlock (40P01), which Database.committed did not retry then:
     the PATCH answered 500, or the attempt went unrecorded and was sent again
-    (tests/integration/test_webhook_disable_lock_order.py). Returns its status (None: deleted or
+    (tests/integration/test_webhook_disable_lock_order.py). A re-drive locks the row too (with
+    `fan_out` false) before it reads the endpoint's status. Returns its status (None: deleted or
     no such endpoint)."""
     if fan_out:
         await lock_fan_out(conn)
