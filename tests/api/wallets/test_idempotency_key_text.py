@@ -100,3 +100,22 @@ async def test_a_non_ascii_key_sent_in_the_header_and_in_a_bulk_item_is_one_key_
     assert item["body"] == single.json()
     wallet = (await client.get(f"/v1/customers/{cid}/wallet")).json()
     assert (wallet["available"], wallet["reserved"]) == ("9.90", "0.088"), wallet
+
+
+async def test_a_re_rate_s_key_is_held_to_the_same_rule(client: AsyncTestClient):
+    """Guard: POST /v1/rerate reads its Idempotency-Key itself (api.routes.rerates, not through
+    wire.idempotency): a tab in it is the same 422 naming the header, before the re-rate looks for
+    its book (none here: a key it took would answer 404)."""
+    body = {
+        "price_book": f"no-book-{uuid.uuid4().hex[:6]}",
+        "version": "v1",
+        "mode": "apply",
+        "from": "2026-11-01T00:00:00Z",
+        "to": "2026-12-01T00:00:00Z",
+    }
+    answer = await client.post("/v1/rerate", json=body, headers={"Idempotency-Key": b"ab\tc"})
+    assert answer.status_code == 422, answer.text
+    [field] = answer.json()["fields"]
+    assert field["field"] == "Idempotency-Key" and field["message"].startswith("must not contain U+0009 at position 3")
+    taken = await client.post("/v1/rerate", json=body, headers={"Idempotency-Key": b"abc"})
+    assert taken.status_code == 404, taken.text  # the same call under a good key reaches the re-rate
