@@ -22,8 +22,9 @@ def key_problem(name: str, key: str) -> str | None:
 
 
 def idempotency_key_problem(key: str) -> str | None:
-    """Why `key`, an Idempotency-Key (any text of 1 to 255 characters to the server, spaces
-    included), cannot be sent as the header, or None when it can."""
+    """Why `key`, an Idempotency-Key (to the server, free text of 1 to 255 characters, spaces
+    included, read as UTF-8: api.routes.wire.checked_key), cannot be sent as the header (printable
+    ASCII, of which the server takes all), or None when it can."""
     if (at := _unsendable_at(key, spaces=True)) is None:
         return None
     return (f"the Idempotency-Key {key!r} has a line break, another control character or a character outside "
