@@ -81,11 +81,13 @@ def amount_in(value: str, field: str, *, positive: bool = True) -> int:
 
 def _amount_problem(value: str, field: str, positive: bool) -> str:
     """What is wrong with a money string the amount pattern refused (pricing.money.amount_problem:
-    below or at 0, past 1000000000, more than 9 decimals); else (not a decimal) what an amount
-    looks like. More than 9 decimals is a _FinerThanAtomic, which cash_in may tell in its currency."""
+    below or at 0, past 1000000000, more than 9 decimals; pricing.rule_fields.unplain_problem: a
+    leading zero, a zero's sign); else (not a decimal) what an amount looks like. More than 9
+    decimals is a _FinerThanAtomic, which cash_in may tell in its currency."""
     said = amount_problem(value, positive=positive)
     if said is not None and said.endswith(FINER):
         raise _FinerThanAtomic(field, said)
+    said = said or unplain_problem(value)  # "01", "-0": told so, not "must be more than 0"
     return said or ("must be more than 0: " if positive else "must be 0 or more: ") + AMOUNT_TEXT
 
 

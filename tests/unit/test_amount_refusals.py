@@ -33,3 +33,20 @@ def test_a_string_that_is_no_decimal_is_told_the_form() -> None:
     with pytest.raises(WalletValidationError) as refused:
         amount_in("ten", "amount")
     assert 'a decimal string, such as "10.00"' in str(refused.value)
+
+
+@pytest.mark.parametrize(("value", "positive", "said"), [
+    ("01", True, "not a plain decimal number: '01' has a leading zero (write '1')"),
+    ("010.50", False, "not a plain decimal number: '010.50' has a leading zero (write '10.50')"),
+    ("00", False, "not a plain decimal number: '00' has a leading zero (write '0')"),
+    ("-0", False, "not a plain decimal number: '-0' is 0 with a sign (write '0')"),
+    ("-0", True, "must be more than 0, not -0"),  # guard: it is not more than 0 either way
+])
+def test_an_amount_with_a_leading_zero_or_a_signed_zero_is_told_so(value: str, positive: bool, said: str) -> None:
+    """A top-up of "01" was told "must be more than 0: a decimal string, such as "10.00": ...", which
+    1 is; "-0" where 0 is taken, "must be 0 or more", which it is. Written plainly (the leading
+    zeros dropped, the zero's sign dropped) each is taken: "1", "10.50", "0", "0"."""
+    with pytest.raises(WalletValidationError) as refused:
+        amount_in(value, "amount", positive=positive)
+    assert str(refused.value) == f"amount: {said}"
+    assert amount_in(said.rsplit("'", 2)[-2] if "write" in said else "1", "amount", positive=positive) >= 0
