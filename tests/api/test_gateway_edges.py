@@ -1549,7 +1549,8 @@ def test_a_call_whose_tools_fees_fit_but_not_with_their_results_is_refused_namin
      "window: a prompt held at 10000000 tokens, 10000000000.00 USD, more than one journal entry can carry "
      "(9223372036.854775807 USD), whatever the output cap (a hold of 10000000000.0012 USD)"),
     (9_210_000, 10**12, "max_output_tokens: max_output_tokens 1000000000000 and 8 prompt tokens: a hold of "
-     "9230000000.001 USD")])
+     "9230000000.001 USD, its prompt held at 9210000 tokens (its earlier turns at the model's context window) "
+     "is more than one journal entry can carry (9223372036.854775807 USD)")])
 def test_a_call_whose_prompt_alone_no_journal_entry_can_carry_is_refused_naming_its_prompt_not_its_cap(
         live, upstream, window, cap, told):
     """A responses call continuing a conversation (previous_response_id) holds its prompt at the
@@ -1562,7 +1563,8 @@ def test_a_call_whose_prompt_alone_no_journal_entry_can_carry_is_refused_naming_
     prompt's field (input), its held tokens and their price. A window of 9,210,000 is a prompt of
     9,210,000,000.00 USD, which fits; the largest cap, 10**12 output tokens at 20.00/M, adds
     20,000,000.00 (and the call 0.001): 9,230,000,000.001, and the cap makes it too big, and is
-    named as before (guard). Nothing held or sent either way."""
+    named as before, with the 9,210,000 tokens its prompt was held at beside the 8 it counted (was:
+    the 8 alone, review of 24c13fb0). Nothing held or sent either way."""
     url, _ = live
     name = f"gpt-edge-{uuid.uuid4().hex[:8]}"
     cid, key = customer((url, tool_book(url, {"id": "dear-in", "token_type": "input", "price": "1000000000",

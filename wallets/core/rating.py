@@ -112,14 +112,19 @@ def override_version(wallet: Wallet, at: datetime) -> int | None:
     return in_force.version if in_force is not None else None
 
 
-def unpostable(amount: int, currency: str, field: str, what: str = "charge") -> WalletValidationError | None:
+def unpostable(amount: int, currency: str, field: str, what: str = "charge",
+               held_prompt: int | None = None) -> WalletValidationError | None:
     """A charge or hold past what one posting holds (a bigint of atomic units): a 422 naming the
-    field it came from, before any leg is built; forcing cannot help, no ledger entry can carry it."""
+    field it came from, before any leg is built; forcing cannot help, no ledger entry can carry it.
+    `held_prompt`: the prompt tokens a hold counted for a call continuing a conversation (its
+    earlier turns at the model's context window), told beside it (was: only the tokens sent)."""
     if amount <= MAX_POSTING:
         return None
     most = format_money(MAX_POSTING, currency)
-    return WalletValidationError(field, f"a {what} of {format_money(amount, currency)} {currency} is more than "
-                                        f"one journal entry can carry ({most} {currency})")
+    held = f", its prompt held at {held_prompt} tokens (its earlier turns at the model's context window)" \
+        if held_prompt is not None else ""
+    return WalletValidationError(field, f"a {what} of {format_money(amount, currency)} {currency}{held} is more "
+                                        f"than one journal entry can carry ({most} {currency})")
 
 
 def tools_unpostable(rating: Rating, tool_uses: Mapping[str, int], result_tokens: int, without: int,

@@ -93,6 +93,9 @@ def reserve(state: State, cmd: Reserve, now: datetime, book: PriceBook | None) -
         if cmd.premiums:  # the price it names (cache_ttl "1h"): its book sets it, as for an estimate
             premiums_priced(book_for(w, book), cmd.model, cmd.dimensions, now, cmd.premiums, cmd.prompt_cache_write)
     too_big = unpostable(amount, w.customer.currency, "estimate", "hold")
+    if too_big is not None and cmd.prior_context_tokens is not None:  # the prompt it held, not the one sent
+        too_big = unpostable(amount, w.customer.currency, "estimate", "hold", held_prompt_tokens(
+            book_for(w, book), cmd.model, cmd.prompt_tokens or 0, cmd.dimensions, now, cmd.prior_context_tokens))
     if too_big is not None:  # named by the tools (their fees, their results) where they are its larger part
         tools = None
         if rating is not None and (cmd.tool_uses or cmd.tool_result_tokens):
