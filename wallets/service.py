@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -63,13 +63,22 @@ class CustomerSpec:
     low_balance_threshold: int | None
     max_charge_per_request: int | None = None  # None: its price book's plausibility bound
     time_zone: str = "UTC"  # its billing periods: calendar months (or from the anchor day) in this zone
-    billing_anchor_day: int | None = None
+    billing_anchor_day: int | None = None  # None: the 1st of the month, as 1 is
     grace_seconds: int = DEFAULT_GRACE_S  # a period closes this long after its end
     payment_terms_days: int = DEFAULT_TERMS_DAYS  # an invoice is due this long after its period's end
 
     @property
     def cycle(self) -> Cycle:
         return Cycle(self.time_zone, self.billing_anchor_day)
+
+    @property
+    def anchor_day(self) -> int:
+        """The day of the month its periods start on, as in force (no day given: the 1st)."""
+        return self.billing_anchor_day or 1
+
+    def same_as(self, other: CustomerSpec) -> bool:
+        """The same definition: no anchor day given and the 1st spelt out are one cycle."""
+        return replace(self, billing_anchor_day=self.anchor_day) == replace(other, billing_anchor_day=other.anchor_day)
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +279,7 @@ class WalletService:
         async def work(conn: AsyncConnection) -> tuple[CustomerView, bool]:
             row = (await conn.execute(_CUSTOMER, {"id": spec.id})).first()
             existing = None if row is None else _customer(row)
-            if existing is not None and existing.spec == spec:  # as made, whatever the rules say since
+            if existing is not None and existing.spec.same_as(spec):  # as made, whatever the rules say since
                 return existing, False
             # the body's own refusals before the conflict with the customer kept (BODY_REFUSALS)
             new_zone(spec.time_zone)

@@ -85,7 +85,7 @@ class CustomerResponse(msgspec.Struct):
     created_at: str
     max_charge_per_request: str | None = None
     time_zone: str = "UTC"
-    billing_anchor_day: int | None = None
+    billing_anchor_day: int = 1  # as in force: a customer made without one starts its periods on the 1st
     grace_period_seconds: int = DEFAULT_GRACE_S
     payment_terms_days: int = DEFAULT_TERMS_DAYS
     current_period_start: str | None = None  # its first billing period not closed yet
@@ -167,7 +167,7 @@ def customer_response(view: CustomerView) -> CustomerResponse:
     cur = s.currency
     return CustomerResponse(s.id, s.name, cur, s.billing, s.price_book, money(s.overdraft_limit, cur),
                             money(s.low_balance_threshold, cur), time_out(view.created_at) or "",
-                            money(s.max_charge_per_request, cur), s.time_zone, s.billing_anchor_day, s.grace_seconds,
+                            money(s.max_charge_per_request, cur), s.time_zone, s.anchor_day, s.grace_seconds,
                             s.payment_terms_days, time_out(view.open_period_start))
 
 

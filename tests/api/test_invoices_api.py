@@ -62,6 +62,24 @@ async def test_a_customer_cycle_is_set_at_creation_and_shapes_its_invoice(client
     assert invoice["number"].startswith("INV-") and invoice["payment_status"] == "open"
 
 
+async def test_a_customer_made_without_an_anchor_day_answers_the_1st_in_force(client) -> None:
+    # POST without billing_anchor_day answered "billing_anchor_day": null, while its periods start on
+    # the 1st (README: default the 1st); the 1st is what is in force, and the same customer posted
+    # again with the 1st spelt out is the same definition (200), not another one (409)
+    body = {"id": "first", "currency": "USD", "price_book": "seed", "billing": "postpaid"}
+    created = await client.post("/v1/customers", headers=ADMIN, json=body)
+    assert created.status_code == 201 and created.json()["billing_anchor_day"] == 1, created.text
+    read = (await client.get("/v1/customers/first", headers=ADMIN)).json()
+    assert read["billing_anchor_day"] == 1
+    # a period of this cycle from 2026-03-10: 2026-03-01 to 2026-04-01 UTC, the 1st at midnight
+    period = period_of(datetime(2026, 3, 10, tzinfo=UTC), Cycle("UTC", None))
+    assert (period.start, period.end) == (datetime(2026, 3, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC))
+    again = await client.post("/v1/customers", headers=ADMIN, json={**body, "billing_anchor_day": 1})
+    assert again.status_code == 200 and again.json()["billing_anchor_day"] == 1, again.text
+    other = await client.post("/v1/customers", headers=ADMIN, json={**body, "billing_anchor_day": 2})
+    assert other.status_code == 409, other.text
+
+
 @pytest.mark.parametrize("time_zone", ["Mars/Olympus", "localtime", "posixrules", "right/America/New_York",
                                        "posix/Europe/Berlin", "America", "Etc",
                                        "Factory"])  # a directory was a 500; Factory is tzdata's "no zone" ("-00")
