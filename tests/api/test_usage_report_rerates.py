@@ -7,6 +7,8 @@ per 1M. Two events of 100,000 input tokens on November 10th: $1.01 each as charg
 $0.01), $0.61 each re-rated: $1.22 in all, $0.80 less."""
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -69,15 +71,8 @@ async def test_grouped_by_kind_the_re_rate_is_a_row_of_its_own_beside_the_usage_
         ("usage", "input", 200_000, "2.00", 2), ("usage", "request", 2, "0.02", 2)]
 
 
-async def test_a_re_rate_s_change_to_a_free_allowance_is_in_the_allowance_s_own_row(client, tag):
-    """A $1.00 free allowance from November 1st; one event of 100,000 input tokens on November
-    10th: $1.00 + $0.01 = $1.01, the allowance pays $1.00 (a line with no token type), $0.01 owed.
-    Re-rated at $6.00/M: $0.60 + $0.01 = $0.61, all of it free: the allowance's line goes from
-    -$1.00 to -$0.61 (+$0.39), input from $1.00 to $0.60 (-$0.40); $0.00 owed. The report has one
-    row for the allowance, its token type none as the charge's line has it: -$1.00 + $0.39 = -$0.61.
-    Before, the re-rate's +$0.39 was a row of its own under a token type `free_allowance` (the
-    re-rate answer's name for the allowance's lines), so one allowance read as two rows, and the
-    console's chart drew two lines for it, "free allowance" and "free_allowance"."""
+async def _allowance_rerated(client: AsyncTestClient, tag: str) -> str:
+    """The customer of the allowance tests below (figures in their docstrings), re-rated."""
     assert (await client.post("/v1/price-books", json=_book(tag, "v1", "2026-01-01T00:00:00Z", "10.00"))
             ).status_code == 201
     cid = f"urf-{tag}"
@@ -95,6 +90,19 @@ async def test_a_re_rate_s_change_to_a_free_allowance_is_in_the_allowance_s_own_
                                                     "customer_id": cid, "mode": "apply"})
     assert applied.status_code == 200 and applied.json()["delta"] == "-0.01", applied.text
     assert (await client.get(f"/v1/customers/{cid}/wallet")).json()["receivable"] == "0.00"
+    return cid
+
+
+async def test_a_re_rate_s_change_to_a_free_allowance_is_in_the_allowance_s_own_row(client, tag):
+    """A $1.00 free allowance from November 1st; one event of 100,000 input tokens on November
+    10th: $1.00 + $0.01 = $1.01, the allowance pays $1.00 (a line with no token type), $0.01 owed.
+    Re-rated at $6.00/M: $0.60 + $0.01 = $0.61, all of it free: the allowance's line goes from
+    -$1.00 to -$0.61 (+$0.39), input from $1.00 to $0.60 (-$0.40); $0.00 owed. The report has one
+    row for the allowance, its token type none as the charge's line has it: -$1.00 + $0.39 = -$0.61.
+    Before, the re-rate's +$0.39 was a row of its own under a token type `free_allowance` (the
+    re-rate answer's name for the allowance's lines), so one allowance read as two rows, and the
+    console's chart drew two lines for it, "free allowance" and "free_allowance"."""
+    cid = await _allowance_rerated(client, tag)
     for window in (NOVEMBER, {"from": "2026-11-10T09:00:00Z", "to": "2026-11-10T12:00:00Z"}, {}):
         report = await client.get(f"/v1/customers/{cid}/usage", params={**window, "group_by": "model,token_type"})
         assert _rows(report, "model", "token_type", "quantity", "amount", "charges") == [
@@ -105,3 +113,19 @@ async def test_a_re_rate_s_change_to_a_free_allowance_is_in_the_allowance_s_own_
     assert _rows(report, "kind", "token_type", "amount") == [
         ("free_allowance", None, "-1.00"), ("rerate_adjustment", "input", "-0.40"),
         ("rerate_adjustment", None, "0.39"), ("usage", "input", "1.00"), ("usage", "request", "0.01")]
+
+
+async def test_a_re_rate_s_change_to_a_free_allowance_is_labelled_on_the_invoice_as_the_allowance(client, tag):
+    """The allowance of the test above on the invoice (the upcoming one, and the close's own code):
+    the charge's allowance line is under no model ("all models") and no token type, -$1.00; the
+    re-rate's +$0.39 of it read `model-a | free_allowance | adjustment` (a kind name in the token
+    type column). Now it is under the allowance's own labels, no model and no token type, +$0.39;
+    input's adjustment stays model-a input -$0.40. The lines sum to $1.00 + $0.01 - $1.00 - $0.40
+    + $0.39 = $0.00, the amount owed."""
+    cid = await _allowance_rerated(client, tag)
+    upcoming = await client.get(f"/v1/customers/{cid}/invoices/upcoming")
+    assert upcoming.status_code == 200, upcoming.text
+    lines = [(x["model"], x["token_type"], x["kind"], Decimal(x["amount"])) for x in upcoming.json()["lines"]]
+    assert [x for x in lines if x[2] == "adjustment"] == [
+        (None, None, "adjustment", Decimal("0.39")), ("model-a", "input", "adjustment", Decimal("-0.40"))], lines
+    assert sum(x[3] for x in lines) == 0, lines

@@ -345,6 +345,13 @@ def rule_quantities(lines: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return out
 
 
+def _labels(model: str, token_type: str) -> dict[str, str | None]:
+    """An adjustment line's model and token type: a free allowance's lines have neither."""
+    if token_type == "free_allowance":
+        return {"model": None, "token_type": None}
+    return {"model": model, "token_type": token_type}
+
+
 def type_rows(found: Iterable[Correction], fixes: Iterable[TrueUpFix] = (), *,
               every: bool = False) -> list[dict[str, Any]]:
     """Old and new amounts and their difference by model and token type (atomic units); a volume
@@ -775,7 +782,9 @@ def rerate_charges(state: State, cmd: RerateCharges, now: datetime, book: Any) -
     if parts:
         effects.append(TrueUpChargesGiven(c.id, cmd.period, cmd.rerate_id, given_rows(parts), payers))
     for i, (source, _, xs, fs) in enumerate(groups):
-        lines = tuple({"kind": "adjustment", "model": r["model"], "token_type": r["token_type"], "quantity": 0,
+        # a free allowance's change under the allowance line's own labels (no model, no token type:
+        # `by_type` keys it by its kind), as the usage report keys it, not as `model | free_allowance`
+        lines = tuple({"kind": "adjustment", **_labels(r["model"], r["token_type"]), "quantity": 0,
                        "unit_price": None, "amount_units": r["delta"], "rule_id": None,
                        "price_version": cmd.version, "tier": None, "override_id": None} for r in type_rows(xs))
         effects.append(AdjustmentPosted(c.id, source, (*lines, *(f.line() for f in fs)), paid if i == 0 else ()))
