@@ -123,7 +123,13 @@ _INVOICE = """SELECT i.id, i.customer_id, i.number, i.period, i.period_start, i.
                      coalesce((SELECT jsonb_agg(jsonb_build_object('id', p.id, 'amount', p.amount::text,
                                                 'reference', p.reference, 'entry_id', p.entry_id,
                                                 'created_at', p.created_at) ORDER BY p.created_at, p.id)
-                                 FROM invoice_payments p WHERE p.invoice_id = i.id), '[]'::jsonb) AS payments
+                                 FROM invoice_payments p WHERE p.invoice_id = i.id), '[]'::jsonb) AS payments,
+                     -- the credit and debit notes correcting it (by its customer's notes: the index there is)
+                     coalesce((SELECT jsonb_agg(jsonb_build_object('id', n.id, 'number', n.number, 'kind', n.kind,
+                                                'total', n.total::text, 'issued_at', n.issued_at)
+                                                ORDER BY n.issued_at, n.seq, n.id)
+                                 FROM credit_notes n WHERE n.customer_id = i.customer_id AND n.invoice_id = i.id),
+                              '[]'::jsonb) AS notes
                 FROM invoices i"""
 
 
@@ -137,7 +143,9 @@ def _view(row: Any, owed: int) -> dict[str, Any]:
             "amount_remaining": money(payable(int(row.amount_due) - paid, owed, cur), cur),
             # its time as every answer spells one: jsonb spelt '…10.24185+00:00' for '…10.241850Z'
             "payments": [{**p, "amount": money(int(p["amount"]), cur),
-                          "created_at": wire_time(datetime.fromisoformat(p["created_at"]))} for p in row.payments]}
+                          "created_at": wire_time(datetime.fromisoformat(p["created_at"]))} for p in row.payments],
+            "credit_notes": [{**n, "total": money(int(n["total"]), cur),
+                              "issued_at": wire_time(datetime.fromisoformat(n["issued_at"]))} for n in row.notes]}
 
 
 async def invoice(conn: AsyncConnection, invoice_id: str, customers: Sequence[str] | None = None) -> dict[str, Any]:

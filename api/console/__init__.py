@@ -27,7 +27,7 @@ PAGES = [
     session.sign_in_form, session.sign_in_post, session.sign_out, session.home,
     customer.wallet_page, customer.reservations_page, customer.usage_page, customer.budgets_page,
     customer.top_up_form, customer.top_up, invoices.invoices_page, invoices.upcoming_page, invoices.invoice_page,
-    invoices.upcoming_download, invoices.invoice_download, invoices.receivables_page,
+    invoices.credit_note_page, invoices.upcoming_download, invoices.invoice_download, invoices.receivables_page,
     auditor.trial_balance_page, auditor.journal_page, auditor.statement_page, auditor.trace_page,
     auditor.verify_form, auditor.verify_page, export.export_form, export.export_download,
     operator.operator_page,

@@ -13,12 +13,13 @@ from litestar.params import FromPath, QueryParameter
 from litestar.response import Template
 
 from api import renderings
+from api.auth import ensure_owner
 from api.console.web import PREFIX, allow, render
 from api.errors import ApiError
 from api.routes import cursors, invoices, receivables
 from api.routes.customers import customer_response
 from api.routes.wire import check_patterns
-from wallets import billing
+from wallets import billing, rerating
 from wallets.errors import NotFoundError, WalletValidationError
 
 READERS = invoices.READERS
@@ -70,6 +71,18 @@ async def invoice_page(state: State, request: Request, invoice_id: FromPath[str]
     customer = customer_response(await state.services.wallets.get_customer(document["customer_id"]))
     return render(request, "customer/invoice.html", customer=customer, invoice=document,
                   downloads=f"{PREFIX}/invoices/{invoice_id}", section="invoices")
+
+
+@get(f"{PREFIX}/credit-notes/{{credit_note_id:str}}", guards=[allow(*READERS)], name="console-credit-note")
+async def credit_note_page(state: State, request: Request, credit_note_id: FromPath[str]) -> Template:
+    """A credit (or debit) note, line by line, beside a link to the invoice it corrects (another
+    customer's is 403, an unknown one 404, as GET /v1/credit-notes/{id} answers)."""
+    db = state.services.db
+    ensure_owner(request, await db.read(lambda conn: rerating.credit_note_owner(conn, credit_note_id)),
+                 f"credit note {credit_note_id}")
+    note = await db.read(lambda conn: rerating.credit_note(conn, credit_note_id))
+    customer = customer_response(await state.services.wallets.get_customer(note["customer_id"]))
+    return render(request, "customer/credit_note.html", customer=customer, note=note, section="invoices")
 
 
 @get(f"{PREFIX}/invoices/{{invoice_id:str}}/{{fmt:str}}", guards=[allow(*READERS)], name="console-invoice-download")

@@ -69,6 +69,16 @@ class InvoicePayment(msgspec.Struct):
     created_at: str
 
 
+class InvoiceNote(msgspec.Struct):
+    """A credit (or debit) note correcting the invoice (GET /v1/credit-notes/{id} reads it)."""
+
+    id: str
+    number: str
+    kind: Literal["credit", "debit"]
+    total: str
+    issued_at: str
+
+
 class InvoiceView(msgspec.Struct):
     """A finalized invoice: its frozen document (beside these, its subtotals, credits, balances
     and adjustments), its content hash, its payments and payment status. Money: decimal strings."""
@@ -100,6 +110,9 @@ class InvoiceView(msgspec.Struct):
         "corrections to move whole minor units (their amount_rounding, against the platform's rounding "
         "account): credits applied, charged to account and this sum to the total; absent on invoices "
         "finalized before"))] = None
+    credit_notes: Annotated[list[InvoiceNote], msgspec.Meta(description=(
+        "The credit and debit notes of re-rates correcting this invoice, oldest first (empty: none); "
+        "not part of the frozen document"))] = []
 
 
 class InvoiceList(msgspec.Struct):

@@ -134,7 +134,11 @@ async def test_preview_is_exactly_what_apply_posts_and_a_credit_note_ties_out(fi
     # The closed invoice is untouched; the next one carries the adjustment with its period. What
     # may still be paid on it is what is owed: the $2.00 is off the receivable already.
     [after] = await bk.invoices(cid)
-    assert after == {**invoice, "amount_remaining": "5.53"} and invoice["amount_remaining"] == "7.53"
+    # it names its credit note beside its document as issued (the $2.10 the adjustment took off)
+    noted = [{"id": note["id"], "number": note["number"], "kind": "credit", "total": "-2.10",
+              "issued_at": after["credit_notes"][0]["issued_at"]}]
+    assert after == {**invoice, "amount_remaining": "5.53", "credit_notes": noted}
+    assert invoice["amount_remaining"] == "7.53" and invoice["credit_notes"] == []
     upcoming = await bk.upcoming(cid)
     assert [(ln["kind"], ln["model"], ln["token_type"], ln["amount"], ln["original_period"])
             for ln in upcoming["lines"]] == [("adjustment", "model-a", "input", "-2.10", "2026-11")]

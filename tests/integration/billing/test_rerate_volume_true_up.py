@@ -141,7 +141,9 @@ async def test_a_rerate_of_a_closed_period_corrects_its_volume_true_up_to_the_ne
     assert (document["amount"], document["amount_rounding"]) == ("-0.26", "0.00")
     # the closed invoice stays as issued; what is left to pay of it is what November costs at v2
     [after] = await bk.invoices(cid)
-    assert after == {**november, "amount_remaining": "1.04"}
+    assert after == {**november, "amount_remaining": "1.04", "credit_notes": [  # the note beside it
+        {"id": note["id"], "number": note["number"], "kind": "credit", "total": "-0.26",
+         "issued_at": document["issued_at"]}]}
     assert (await bk.service.wallet(cid)).receivable == 1_040_000_000
     # December's invoice carries the correction, with the period it corrects
     upcoming = await bk.upcoming(cid)
