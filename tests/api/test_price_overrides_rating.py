@@ -415,7 +415,8 @@ async def test_a_discounted_charge_too_big_to_post_is_refused_as_one_not_an_inte
     off: the discount's exact amount has 62 digits (pricing's context held 60 and trapped it: a usage
     event and a reserve were 500). The charge, about $5 x 10^17 (tests/unit/pricing/test_pricing_rating.py
     works it out), is past what one posting carries ($9,223,372,036.854775807), so it is refused as the
-    undiscounted one is: the event rejected and the reserve 422, `validation_error` naming the field."""
+    undiscounted one is: the event rejected and the reserve 422, `validation_error` naming the field
+    (its prompt alone past it, whatever the output cap: estimate.input_tokens, since 24c13fb0)."""
     book = f"por-big-{uuid.uuid4().hex[:8]}"
     posted = await client.post("/v1/price-books", headers=ADMIN, json={
         "id": book, "currency": "USD", "effective_from": "2026-01-01T00:00:00Z", "rules": [
@@ -437,4 +438,4 @@ async def test_a_discounted_charge_too_big_to_post_is_refused_as_one_not_an_inte
         "customer_id": cid, "request_id": "huge", "model": "model-a",
         "estimate": {"input_tokens": 10**15 - 1, "max_output_tokens": 0}})
     assert held.status_code == 422, held.text
-    assert held.json()["code"] == "validation_error" and held.json()["fields"][0]["field"] == "estimate"
+    assert held.json()["code"] == "validation_error" and held.json()["fields"][0]["field"] == "estimate.input_tokens"
