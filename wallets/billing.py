@@ -232,7 +232,8 @@ async def upcoming(conn: AsyncConnection, customer_id: str, now: datetime, books
     return {**content, "lines": shown_lines(content["lines"]), "amount_paid": money(paid, cur),
             "amount_remaining": money(max(0, due - paid), cur),
             "payments": [{"amount": money(part, cur), "reference": credit.reference, "entry_id": credit.entry_id,
-                          "created_at": wire_time(credit.at)} for credit, part in parts]}
+                          "created_at": wire_time(credit.at)} for credit, part in parts],
+            "credit_notes": []}  # none corrects an invoice not yet issued: the same shape as one issued
 
 
 async def require_customer(conn: AsyncConnection, customer_id: str) -> None:

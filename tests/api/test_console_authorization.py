@@ -46,7 +46,9 @@ OPEN = {("GET", "/console/sign-in"), ("POST", "/console/sign-in"), ("POST", "/co
         ("POST", "/console/customers/{own}/top-up"),  # the top-up post: tests/e2e (a browser's form)
         ("GET", "/console/invoices/{invoice_id:str}"),  # a finalized invoice: tests/e2e (a closed period)
         ("GET", "/console/invoices/{invoice_id:str}/{fmt:str}"),
-        ("GET", "/console/customers/{own}/invoices/upcoming/{fmt:str}")}
+        ("GET", "/console/customers/{own}/invoices/upcoming/{fmt:str}"),
+        ("GET", "/console/credit-notes/{credit_note_id:str}")}  # a re-rated closed period's note:
+# tests/api/test_invoice_credit_notes.py (its customer's page, another customer's 403, an unknown 404)
 
 
 def _token(html: str) -> str:

@@ -123,12 +123,13 @@ async def test_a_usage_event_whose_charge_no_posting_can_hold_is_rejected_naming
 
 async def test_a_hold_no_posting_can_hold_names_the_estimate(client, tag):
     """A postpaid customer's hold may run into the receivable without limit; one past 63 bits
-    was the same field-less 422. Its estimate is named; nothing is held."""
+    was the same field-less 422. Its estimate is named (its input tokens: 10^15 x $10/M =
+    $10,000,000,000 of prompt alone, past $9,223,372,036.854775807, since 24c13fb0); nothing is held."""
     cid = await _customer(client, tag, billing="postpaid")
     answer = await client.post("/v1/reservations", json={
         "customer_id": cid, "request_id": f"r-{tag}", "model": "model-a",
         "estimate": {"input_tokens": 10**15, "max_output_tokens": 10**15}})
-    _names_usage_field(answer, "estimate")
+    _names_usage_field(answer, "estimate.input_tokens")
     wallet = (await client.get(f"/v1/customers/{cid}/wallet")).json()
     assert (wallet["available"], wallet["reserved"], wallet["receivable"]) == ("100.00", "0.00", "0.00")
 

@@ -92,3 +92,11 @@ async def test_an_invoice_lists_its_credit_notes_in_its_json_and_on_its_console_
     assert f"Credit note {note['number']}" in shown.text and "-2.00" in shown.text
     assert invoice["number"] in shown.text
     assert (await client.get("/console/credit-notes/cn_nope")).status_code == 404
+    # another customer's key: a 403 page that shows nothing of the note
+    other = await client.post("/v1/customers", headers=ADMIN, json={"id": "icn-b", "price_book": "rrb"})
+    assert other.status_code == 201, other.text
+    key = (await client.post("/v1/api-keys", headers=ADMIN, json={"scope": "customer:icn-b"})).json()["key"]
+    await sign_in(client, key)
+    refused = await client.get(f"/console/credit-notes/{note['id']}")
+    assert refused.status_code == 403 and "Forbidden" in refused.text, refused.text[:300]
+    assert "-2.00" not in refused.text and "icn-a" not in refused.text
